@@ -1,0 +1,54 @@
+# meshwork: `make demo` and `make test` are all a fresh machine with python3 needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/mesh/v1/*.proto)
+
+.PHONY: install proto check-proto lint typecheck test unit demo bench clean
+
+install: $(STAMP)
+
+# Re-runs only when pyproject.toml changes, so `make install` is idempotent and cheap.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+
+# Regenerates into a scratch folder and fails on any difference from the committed code.
+check-proto: $(STAMP)
+	@tmp=$$(mktemp -d) && \
+	$(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=$$tmp --grpc_python_out=$$tmp --pyi_out=$$tmp $(PROTOS) && \
+	for f in $$tmp/mesh/v1/*; do \
+		if ! cmp -s $$f mesh/v1/$$(basename $$f); then \
+			echo "generated code is stale: mesh/v1/$$(basename $$f) (run make proto)"; rm -rf $$tmp; exit 1; \
+		fi; \
+	done; rm -rf $$tmp; echo "generated code is up to date"
+
+lint: $(STAMP)
+	$(BIN)/ruff check mesh nodes tests bench
+	$(BIN)/ruff format --check mesh nodes tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) check-proto lint typecheck
+	$(BIN)/python -m pytest -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+demo: $(STAMP)
+	$(BIN)/mesh demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/envelope.py --json bench/results/envelope.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

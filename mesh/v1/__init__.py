@@ -1,0 +1,1 @@
+"""Generated wire contract (``make proto`` from ``protos/mesh/v1``); never edited by hand."""

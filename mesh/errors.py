@@ -159,6 +159,12 @@ class DecodeError(RemoteError):
     status = Status.INVALID_ARGUMENT
 
 
+class WrongRecipient(RemoteError):
+    """An envelope reached a node it was not sealed to."""
+
+    status = Status.FAILED_PRECONDITION
+
+
 __all__ = [
     "AuthenticationFailed",
     "BodyTooLarge",
@@ -180,4 +186,5 @@ __all__ = [
     "UnknownRecipient",
     "UnknownSender",
     "UnsupportedVersion",
+    "WrongRecipient",
 ]

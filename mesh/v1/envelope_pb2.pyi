@@ -67,15 +67,13 @@ CIPHER_UNSPECIFIED: Cipher
 CIPHER_AES_256_GCM: Cipher
 CIPHER_CHACHA20_POLY1305: Cipher
 
-class Envelope(_message.Message):
-    __slots__ = ("version", "message_id", "source", "destination_kind", "destination", "recipient", "ttl", "mode", "kind", "created_ms", "deadline_ms", "content_type", "body_type", "compression", "cipher", "key_id", "nonce", "reply_to", "correlation_id", "status", "payload", "digest", "signature", "trace")
-    VERSION_FIELD_NUMBER: _ClassVar[int]
+class EnvelopeHeader(_message.Message):
+    __slots__ = ("message_id", "source", "destination_kind", "destination", "recipient", "mode", "kind", "created_ms", "deadline_ms", "content_type", "body_type", "compression", "cipher", "key_id", "nonce", "reply_to", "correlation_id", "status")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_KIND_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
-    TTL_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CREATED_MS_FIELD_NUMBER: _ClassVar[int]
@@ -89,17 +87,11 @@ class Envelope(_message.Message):
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
-    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
-    DIGEST_FIELD_NUMBER: _ClassVar[int]
-    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
-    TRACE_FIELD_NUMBER: _ClassVar[int]
-    version: int
     message_id: bytes
     source: str
     destination_kind: DestinationKind
     destination: str
     recipient: str
-    ttl: int
     mode: DeliveryMode
     kind: EnvelopeKind
     created_ms: int
@@ -113,8 +105,22 @@ class Envelope(_message.Message):
     reply_to: str
     correlation_id: bytes
     status: int
+    def __init__(self, message_id: _Optional[bytes] = ..., source: _Optional[str] = ..., destination_kind: _Optional[_Union[DestinationKind, str]] = ..., destination: _Optional[str] = ..., recipient: _Optional[str] = ..., mode: _Optional[_Union[DeliveryMode, str]] = ..., kind: _Optional[_Union[EnvelopeKind, str]] = ..., created_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., content_type: _Optional[_Union[ContentType, str]] = ..., body_type: _Optional[str] = ..., compression: _Optional[_Union[Compression, str]] = ..., cipher: _Optional[_Union[Cipher, str]] = ..., key_id: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., reply_to: _Optional[str] = ..., correlation_id: _Optional[bytes] = ..., status: _Optional[int] = ...) -> None: ...
+
+class Envelope(_message.Message):
+    __slots__ = ("version", "header", "payload", "digest", "ttl", "signature", "trace")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    header: bytes
     payload: bytes
     digest: bytes
+    ttl: int
     signature: bytes
     trace: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., message_id: _Optional[bytes] = ..., source: _Optional[str] = ..., destination_kind: _Optional[_Union[DestinationKind, str]] = ..., destination: _Optional[str] = ..., recipient: _Optional[str] = ..., ttl: _Optional[int] = ..., mode: _Optional[_Union[DeliveryMode, str]] = ..., kind: _Optional[_Union[EnvelopeKind, str]] = ..., created_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., content_type: _Optional[_Union[ContentType, str]] = ..., body_type: _Optional[str] = ..., compression: _Optional[_Union[Compression, str]] = ..., cipher: _Optional[_Union[Cipher, str]] = ..., key_id: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., reply_to: _Optional[str] = ..., correlation_id: _Optional[bytes] = ..., status: _Optional[int] = ..., payload: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., trace: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., header: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., ttl: _Optional[int] = ..., signature: _Optional[bytes] = ..., trace: _Optional[_Iterable[str]] = ...) -> None: ...

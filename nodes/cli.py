@@ -1,0 +1,48 @@
+"""The `mesh` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from mesh import __version__
+from mesh.crypto import NodeIdentity
+from mesh.errors import MeshError
+from nodes.demo import run_demo
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="meshwork: a message mesh.")
+console = Console()
+
+
+@app.command()
+def version() -> None:
+    """Print the meshwork version."""
+    console.print(f"meshwork {__version__}")
+
+
+@app.command()
+def demo() -> None:
+    """Show a message sealed, forwarded and opened, and hostile input refused."""
+    run_demo(console)
+
+
+@app.command()
+def keygen(
+    node: Annotated[str, typer.Argument(help="node id the keys belong to")],
+    directory: Annotated[Path, typer.Option("--dir", help="where to write the PEM files")],
+) -> None:
+    """Create a node's Ed25519 and X25519 keys (PEM, mode 0600)."""
+    try:
+        NodeIdentity.generate(node).save(directory)
+    except MeshError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=1) from None
+    console.print(f"keys for {node!r} written to {directory}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -29,7 +29,7 @@ class RoutingEngine(Protocol):
     """What ``NodeCore`` needs from an engine; times are seconds on any clock."""
 
     node_id: str
-    kind: peer_pb2.RoutingEngine.ValueType
+    kind: peer_pb2.RoutingEngine
 
     def link_up(self, peer: str, cost: int, now: float) -> list[Outgoing]:
         """A link to ``peer`` came up (or its cost changed) with ``cost``."""

@@ -323,6 +323,7 @@ class KeyRing:
         self._peers: dict[str, PublicIdentity] = {identity.node_id: identity.public}
         self._sealing: dict[tuple[str, Cipher], SealingSession] = {}
         self._opening: OrderedDict[tuple[str, bytes, Cipher], Aead] = OrderedDict()
+        self._last_opened: tuple[tuple[str, bytes, Cipher] | None, Aead | None] = (None, None)
 
     @property
     def node_id(self) -> str:
@@ -343,6 +344,7 @@ class KeyRing:
         return self._peers.get(node_id)
 
     def _forget(self, node_id: str) -> None:
+        self._last_opened = (None, None)
         for key in [k for k in self._sealing if k[0] == node_id]:
             del self._sealing[key]
         for okey in [k for k in self._opening if k[0] == node_id]:
@@ -381,9 +383,13 @@ class KeyRing:
             Malformed: the key id has the wrong length.
         """
         cache_key = (source, key_id, cipher)
+        last_key, last_aead = self._last_opened
+        if last_aead is not None and cache_key == last_key:  # the common case: same session
+            return last_aead
         aead = self._opening.get(cache_key)
         if aead is not None:
             self._opening.move_to_end(cache_key)
+            self._last_opened = (cache_key, aead)
             return aead
         if len(key_id) != KEY_ID_SIZE:
             raise Malformed(f"key id must be {KEY_ID_SIZE} bytes, got {len(key_id)}")
@@ -402,6 +408,7 @@ class KeyRing:
         self._opening[cache_key] = aead
         if len(self._opening) > self._max_cached:
             self._opening.popitem(last=False)
+        self._last_opened = (cache_key, aead)
         return aead
 
 

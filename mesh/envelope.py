@@ -17,16 +17,18 @@ read one by one. The hop-mutable fields (``ttl``, ``trace``) and the optional
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass
+from hashlib import sha256
 from typing import cast
 
+from cryptography.exceptions import InvalidTag
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from mesh.codec import Compression, Compressor, ContentType, EncodedBody
-from mesh.crypto import KEY_ID_SIZE, NONCE_SIZE, Cipher, KeyRing, decrypt
+from mesh.crypto import KEY_ID_SIZE, NONCE_SIZE, Cipher, KeyRing
 from mesh.errors import (
+    AuthenticationFailed,
     BodyTooLarge,
     ClockSkew,
     DigestMismatch,
@@ -73,6 +75,11 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+_FIXED_HEADER_CACHE = 4096
+_CIPHERS = {int(c): c for c in Cipher}
+_COMPRESSIONS = {int(c): c for c in Compression}
+_CONTENT_TYPES = {int(c): c for c in ContentType}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Header:
@@ -108,8 +115,9 @@ class Header:
 class OpenedMessage:
     """What the recipient gets out of an envelope."""
 
-    header: Header
-    """The authenticated routing header."""
+    header: EnvelopeHeader
+    """The authenticated header, as the source sealed it (not copied field by field:
+    that alone would cost more than the AEAD at 1 KiB)."""
     body: EncodedBody
     """The decrypted, decompressed body, still encoded as its content type."""
     signed: bool
@@ -133,7 +141,7 @@ def compute_digest(version: int, header: bytes, payload: bytes) -> bytes:
 
     The length prefix makes the split between header and payload unambiguous.
     """
-    return hashlib.sha256(_PREFIX.pack(version, len(header)) + header + payload).digest()
+    return sha256(_PREFIX.pack(version, len(header)) + header + payload).digest()
 
 
 def verify(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -141,35 +149,41 @@ def verify(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> None:
 
     Raises:
         UnsupportedVersion: the envelope version is not one we speak.
-        Malformed: the digest or ttl is out of shape.
+        Malformed: the ttl is out of range.
         TooLarge: the header or payload is over its size limit.
         DigestMismatch: the digest does not match the header and payload.
     """
-    if envelope.version != VERSION:
-        raise UnsupportedVersion(f"envelope version {envelope.version}, this node speaks {VERSION}")
     header = envelope.header
     payload = envelope.payload
-    if len(header) > limits.max_header_bytes:
-        raise TooLarge(
-            f"envelope header of {len(header)} bytes is over the "
-            f"{limits.max_header_bytes}-byte limit"
-        )
-    if len(payload) > limits.max_envelope_bytes:
-        raise TooLarge(
-            f"envelope payload of {len(payload)} bytes is over the "
-            f"{limits.max_envelope_bytes}-byte limit"
-        )
-    # A forwarder drops rather than send ttl 0, so 0 on the wire is never valid.
-    if not 0 < envelope.ttl <= limits.max_ttl:
-        raise Malformed(f"envelope ttl {envelope.ttl} is not in 1..{limits.max_ttl}")
-    # Incremental updates hash the bytes where they lie: no 1 KiB concatenation.
-    hasher = hashlib.sha256(_PREFIX.pack(VERSION, len(header)))
-    hasher.update(header)
-    hasher.update(payload)
-    if hasher.digest() != envelope.digest:
+    # One combined test on the hot path; the slow path says exactly what was wrong.
+    if (
+        envelope.version != VERSION
+        or len(header) > limits.max_header_bytes
+        or len(payload) > limits.max_envelope_bytes
+        or not 0 < envelope.ttl <= limits.max_ttl
+    ):
+        _refuse_shape(envelope, limits)
+    if sha256(_PREFIX.pack(VERSION, len(header)) + header + payload).digest() != envelope.digest:
         raise DigestMismatch(
             f"envelope digest {envelope.digest[:8].hex()}... does not match its header and payload"
         )
+
+
+def _refuse_shape(envelope: Envelope, limits: Limits) -> None:
+    if envelope.version != VERSION:
+        raise UnsupportedVersion(f"envelope version {envelope.version}, this node speaks {VERSION}")
+    if len(envelope.header) > limits.max_header_bytes:
+        raise TooLarge(
+            f"envelope header of {len(envelope.header)} bytes is over the "
+            f"{limits.max_header_bytes}-byte limit"
+        )
+    if len(envelope.payload) > limits.max_envelope_bytes:
+        raise TooLarge(
+            f"envelope payload of {len(envelope.payload)} bytes is over the "
+            f"{limits.max_envelope_bytes}-byte limit"
+        )
+    # A forwarder drops rather than send ttl 0, so 0 on the wire is never valid.
+    raise Malformed(f"envelope ttl {envelope.ttl} is not in 1..{limits.max_ttl}")
 
 
 def read_header(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> EnvelopeHeader:
@@ -191,15 +205,17 @@ def read_header(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> Envelope
             f"envelope header from {header.source[:64]!r}: message id is "
             f"{len(header.message_id)} bytes, expected {MESSAGE_ID_SIZE}"
         )
-    for what, name in (
-        ("source", header.source),
-        ("destination", header.destination),
-        ("recipient", header.recipient),
-        ("reply_to", header.reply_to),
-        ("body type", header.body_type),
-    ):
-        if len(name) > limits.max_name_bytes:
-            raise Malformed(f"{describe(header)}: {what} is over {limits.max_name_bytes} bytes")
+    # No name can be longer than the whole header: only a long header needs the check.
+    if len(envelope.header) > limits.max_name_bytes:
+        for what, name in (
+            ("source", header.source),
+            ("destination", header.destination),
+            ("recipient", header.recipient),
+            ("reply_to", header.reply_to),
+            ("body type", header.body_type),
+        ):
+            if len(name.encode()) > limits.max_name_bytes:
+                raise Malformed(f"{describe(header)}: {what} is over {limits.max_name_bytes} bytes")
     if not header.recipient or not header.source:
         raise Malformed(f"{describe(header)}: source and recipient are required")
     return header
@@ -227,6 +243,7 @@ class Sealer:
         self.cipher = cipher
         self.limits = limits
         self.sign = sign
+        self._fixed_headers: dict[tuple[object, ...], bytes] = {}
 
     def seal(
         self,
@@ -257,39 +274,62 @@ class Sealer:
             raise BodyTooLarge(
                 f"body of {len(body.data)} bytes is over the {limits.max_body_bytes}-byte limit"
             )
-        for what, name in (
-            ("destination", header.destination),
-            ("recipient", header.recipient),
-            ("reply_to", header.reply_to),
-            ("body type", body.body_type),
-        ):
-            if len(name.encode()) > limits.max_name_bytes:
-                raise InvalidArgument(f"{what} is over {limits.max_name_bytes} bytes")
+        if len(body.body_type.encode()) > limits.max_name_bytes:
+            raise InvalidArgument(f"body type is over {limits.max_name_bytes} bytes")
         cipher = self.cipher if cipher is None else cipher
         session = self.keyring.sealing_session(header.recipient, cipher)
         data, compression = self.compressor.compress(body.data)
         nonce = session.next_nonce()
+        # The fields fixed for a (session, route) are serialized once and cached;
+        # protobuf parses concatenated encodings as one message, and the header
+        # travels verbatim, so nothing needs a canonical order.
+        route_key = (
+            session.key_id,
+            header.destination_kind,
+            header.destination,
+            header.recipient,
+            header.mode,
+            header.kind,
+            header.reply_to,
+        )
+        fixed = self._fixed_headers.get(route_key)
         try:
-            header_bytes = EnvelopeHeader(
-                message_id=header.message_id,
-                source=header.source,
-                destination_kind=header.destination_kind,
-                destination=header.destination,
-                recipient=header.recipient,
-                mode=header.mode,
-                kind=header.kind,
-                created_ms=header.created_ms,
-                deadline_ms=header.deadline_ms,
-                content_type=cast("envelope_pb2.ContentType", body.content_type),
-                body_type=body.body_type,
-                compression=cast("envelope_pb2.Compression", compression),
-                cipher=cast("envelope_pb2.Cipher", cipher),
-                key_id=session.key_id,
-                nonce=nonce,
-                reply_to=header.reply_to,
-                correlation_id=header.correlation_id,
-                status=header.status,
-            ).SerializeToString()
+            if fixed is None:
+                for what, name in (
+                    ("destination", header.destination),
+                    ("recipient", header.recipient),
+                    ("reply_to", header.reply_to),
+                ):
+                    if len(name.encode()) > limits.max_name_bytes:
+                        raise InvalidArgument(f"{what} is over {limits.max_name_bytes} bytes")
+                fixed = EnvelopeHeader(
+                    source=header.source,
+                    destination_kind=header.destination_kind,
+                    destination=header.destination,
+                    recipient=header.recipient,
+                    mode=header.mode,
+                    kind=header.kind,
+                    cipher=cast("envelope_pb2.Cipher", cipher),
+                    key_id=session.key_id,
+                    reply_to=header.reply_to,
+                ).SerializeToString()
+                if len(self._fixed_headers) >= _FIXED_HEADER_CACHE:
+                    self._fixed_headers.clear()
+                self._fixed_headers[route_key] = fixed
+            header_bytes = (
+                fixed
+                + EnvelopeHeader(
+                    message_id=header.message_id,
+                    created_ms=header.created_ms,
+                    deadline_ms=header.deadline_ms,
+                    content_type=cast("envelope_pb2.ContentType", body.content_type),
+                    body_type=body.body_type,
+                    compression=cast("envelope_pb2.Compression", compression),
+                    nonce=nonce,
+                    correlation_id=header.correlation_id,
+                    status=header.status,
+                ).SerializeToString()
+            )
         except ValueError as exc:  # a negative time or status, an out-of-range enum
             raise InvalidArgument(f"header field out of range: {exc}") from None
         payload = session.aead.encrypt(nonce, data, header_bytes)
@@ -339,58 +379,53 @@ class Opener:
         limits = self.limits
         verify(envelope, limits)
         header = read_header(envelope, limits)
-        what = describe(header)
         if header.recipient != self.keyring.node_id:
             raise WrongRecipient(
-                f"{what}: sealed to {header.recipient[:64]!r}, this node is "
+                f"{describe(header)}: sealed to {header.recipient[:64]!r}, this node is "
                 f"{self.keyring.node_id!r}"
             )
         if now_ms is not None:
-            self._check_time(header, now_ms, what)
-        try:
-            cipher = Cipher(header.cipher)
-            compression = Compression(header.compression)
-            content_type = ContentType(header.content_type)
-        except ValueError as exc:
-            raise Malformed(f"{what}: {exc}") from None
+            self._check_time(header, now_ms)
+        # Dict lookups, not Enum(value) calls: ~20 ns instead of ~230 ns each.
+        cipher = _CIPHERS.get(header.cipher)
+        compression = _COMPRESSIONS.get(header.compression)
+        content_type = _CONTENT_TYPES.get(header.content_type)
+        if cipher is None or compression is None or content_type is None:
+            raise Malformed(
+                f"{describe(header)}: unknown cipher, compression or content type "
+                f"({header.cipher}, {header.compression}, {header.content_type})"
+            )
         if len(header.key_id) != KEY_ID_SIZE or len(header.nonce) != NONCE_SIZE:
-            raise Malformed(f"{what}: key id or nonce has the wrong size")
+            raise Malformed(f"{describe(header)}: key id or nonce has the wrong size")
         signed = False
         if envelope.signature:
             peer = self.keyring.peer(header.source)
             if peer is None:
-                raise UnknownSender(f"{what}: signed by an unknown node")
+                raise UnknownSender(f"{describe(header)}: signed by an unknown node")
             if len(envelope.signature) != SIGNATURE_SIZE:
-                raise Malformed(f"{what}: signature is {len(envelope.signature)} bytes")
+                raise Malformed(f"{describe(header)}: signature is {len(envelope.signature)} bytes")
             peer.verify(envelope.digest, envelope.signature)
             signed = True
         aead = self.keyring.opening_aead(header.source, header.key_id, cipher)
-        data = decrypt(aead, header.nonce, envelope.payload, envelope.header, what)
+        try:
+            data = aead.decrypt(header.nonce, envelope.payload, envelope.header)
+        except InvalidTag:
+            raise AuthenticationFailed(
+                f"{describe(header)}: AEAD tag does not verify (wrong key or tampered)"
+            ) from None
         data = self.compressor.decompress(data, compression, limits.max_body_bytes)
-        opened_header = Header(
-            message_id=header.message_id,
-            source=header.source,
-            destination_kind=header.destination_kind,
-            destination=header.destination,
-            recipient=header.recipient,
-            mode=header.mode,
-            kind=header.kind,
-            created_ms=header.created_ms,
-            deadline_ms=header.deadline_ms,
-            reply_to=header.reply_to,
-            correlation_id=header.correlation_id,
-            status=header.status,
-        )
         body = EncodedBody(data=data, content_type=content_type, body_type=header.body_type)
-        return OpenedMessage(header=opened_header, body=body, signed=signed)
+        return OpenedMessage(header=header, body=body, signed=signed)
 
-    def _check_time(self, header: EnvelopeHeader, now_ms: int, what: str) -> None:
+    def _check_time(self, header: EnvelopeHeader, now_ms: int) -> None:
         skew = self.limits.max_clock_skew_ms
         if header.deadline_ms and header.deadline_ms < now_ms:
-            raise Expired(f"{what}: deadline passed {now_ms - header.deadline_ms} ms ago")
+            raise Expired(
+                f"{describe(header)}: deadline passed {now_ms - header.deadline_ms} ms ago"
+            )
         if header.created_ms > now_ms + skew:
             raise ClockSkew(
-                f"{what}: created {header.created_ms - now_ms} ms in our future "
+                f"{describe(header)}: created {header.created_ms - now_ms} ms in our future "
                 f"(more than the {skew} ms allowed)"
             )
 

@@ -165,6 +165,24 @@ class WrongRecipient(RemoteError):
     status = Status.FAILED_PRECONDITION
 
 
+class NoRoute(LocalError):
+    """No route to the node a message must go to (unknown or unreachable)."""
+
+    status = Status.UNAVAILABLE
+
+
+class ProtocolViolation(RemoteError):
+    """A neighbour sent a frame the link's state does not allow (e.g. data before hello)."""
+
+    status = Status.FAILED_PRECONDITION
+
+
+class LinkRefused(RemoteError):
+    """A neighbour's hello does not match: another mesh, engine, version or node id."""
+
+    status = Status.FAILED_PRECONDITION
+
+
 __all__ = [
     "AuthenticationFailed",
     "BodyTooLarge",
@@ -176,9 +194,12 @@ __all__ = [
     "InvalidArgument",
     "KeyExhausted",
     "KeyFileError",
+    "LinkRefused",
     "LocalError",
     "Malformed",
     "MeshError",
+    "NoRoute",
+    "ProtocolViolation",
     "RemoteError",
     "Replayed",
     "Status",

@@ -134,14 +134,16 @@ class LinkAck(_message.Message):
     def __init__(self, message_ids: _Optional[_Iterable[bytes]] = ..., status: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("sequence", "sent_ms", "echo_sequence")
+    __slots__ = ("sequence", "sent_ms", "echo_sequence", "echo_delay_us")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     SENT_MS_FIELD_NUMBER: _ClassVar[int]
     ECHO_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ECHO_DELAY_US_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     sent_ms: int
     echo_sequence: int
-    def __init__(self, sequence: _Optional[int] = ..., sent_ms: _Optional[int] = ..., echo_sequence: _Optional[int] = ...) -> None: ...
+    echo_delay_us: int
+    def __init__(self, sequence: _Optional[int] = ..., sent_ms: _Optional[int] = ..., echo_sequence: _Optional[int] = ..., echo_delay_us: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("hello", "batch", "advert", "vector", "ack", "heartbeat", "identity", "error")

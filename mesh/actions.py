@@ -1,0 +1,69 @@
+"""What ``NodeCore`` asks its driver to do.
+
+Each input to the core answers with a list of these; the runtime (``nodes/``)
+and the simulator (``mesh/sim/``) carry them out. Small, frozen, one class per
+kind, as h11's and h2's events are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mesh.envelope import OpenedMessage
+from mesh.errors import Status
+from mesh.v1 import peer_pb2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendFrame:
+    """Write a frame on the link to a neighbour."""
+
+    peer: str
+    """Neighbour node id."""
+    frame: peer_pb2.Frame
+    """What to send; the driver may batch several frames into one write."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseLink:
+    """Close the link to a neighbour (refused hello, dead peer, protocol error)."""
+
+    peer: str
+    """Neighbour node id."""
+    status: Status
+    """Why, as a status the driver can log and report."""
+    reason: str
+    """Human-readable reason."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deliver:
+    """Hand a message to the local application."""
+
+    message: OpenedMessage
+    """The authenticated, decrypted message."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejected:
+    """Input from a neighbour was refused; the driver logs and counts it."""
+
+    peer: str
+    """Neighbour the input came from ("" for a local submission)."""
+    status: Status
+    """Status of the error that refused it."""
+    reason: str
+    """The error's message."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Wake:
+    """Call ``tick`` again no later than ``at``."""
+
+    at: float
+    """Time, on the clock the driver passes as ``now``."""
+
+
+Action = SendFrame | CloseLink | Deliver | Rejected | Wake
+
+__all__ = ["Action", "CloseLink", "Deliver", "Rejected", "SendFrame", "Wake"]

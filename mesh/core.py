@@ -1,0 +1,712 @@
+"""NodeCore: one node's protocol state, driven by calls and answering with actions.
+
+This is the sans-IO heart (docs/design.md). The runtime in ``nodes/`` and the
+simulator in ``mesh/sim/`` feed it the same inputs:
+
+- ``link_up(peer, cost, now)`` when a transport to a neighbour is open,
+- ``link_down(peer, now)`` when it closed,
+- ``frame_received(peer, frame, now)`` for every frame a neighbour sent,
+- ``submit(...)`` for a message from a local application,
+- ``tick(now)`` when the time of the last ``Wake`` has come,
+
+and carry out the actions each returns (:mod:`mesh.actions`). It never reads a
+clock, sleeps, draws from the global random generator or touches a socket.
+
+What it owns: the neighbour links (hello handshake, heartbeats, dead-link
+detection, link cost), the identity directory and key ring, the routing engine,
+and forwarding (digest check at every hop, ttl, next hop, equal-cost next
+hops used in turn).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from mesh.actions import Action, CloseLink, Deliver, Rejected, SendFrame, Wake
+from mesh.codec import EncodedBody
+from mesh.crypto import Cipher, KeyRing, NodeIdentity, RandomBytes
+from mesh.dedupe import DedupeWindow
+from mesh.directory import CertificateCheck, IdentityDirectory, make_identity_record
+from mesh.envelope import (
+    DEFAULT_LIMITS,
+    Envelope,
+    Header,
+    Limits,
+    Opener,
+    Sealer,
+    read_header,
+    verify,
+)
+from mesh.errors import (
+    InvalidArgument,
+    LinkRefused,
+    MeshError,
+    NoRoute,
+    ProtocolViolation,
+    Status,
+    TooLarge,
+)
+from mesh.linkcost import CostPolicy, LinkCost
+from mesh.routing.base import Outgoing, RoutingEngine
+from mesh.routing.distance_vector import DistanceVectorConfig, DistanceVectorEngine
+from mesh.routing.errors import StaleUpdate
+from mesh.routing.link_state import LinkStateConfig, LinkStateEngine, serial_compare
+from mesh.routing.table import RoutingTable, ServiceInstance
+from mesh.v1 import envelope_pb2, peer_pb2
+
+PROTOCOL_VERSION = 1
+
+ENGINE_NAMES: Mapping[int, str] = {
+    peer_pb2.ROUTING_ENGINE_LINK_STATE: "link-state",
+    peer_pb2.ROUTING_ENGINE_DISTANCE_VECTOR: "distance-vector",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreConfig:
+    """Everything about a node's protocol behaviour that is not its identity."""
+
+    mesh_id: str
+    """Nodes of different meshes refuse to link."""
+    engine: peer_pb2.RoutingEngine = peer_pb2.ROUTING_ENGINE_LINK_STATE
+    """Routing engine; every node of a mesh runs the same one."""
+    heartbeat_interval: float = 0.2
+    """Seconds between heartbeats on an idle link."""
+    dead_interval: float = 0.8
+    """A neighbour silent this long is declared dead (well under 1 s by default)."""
+    cost_policy: CostPolicy = field(default_factory=CostPolicy)
+    """Static or RTT-derived link costs."""
+    limits: Limits = DEFAULT_LIMITS
+    """Bounds on envelopes."""
+    default_ttl: int = 32
+    """Hop budget of envelopes this node seals."""
+    cipher: Cipher = Cipher.AES_256_GCM
+    """AEAD for envelopes this node seals."""
+    trace: bool = False
+    """Append this node's id to the hop trace of every envelope it forwards."""
+    max_batch: int = 1024
+    """Most envelopes accepted in one batch frame."""
+    link_state: LinkStateConfig | None = None
+    distance_vector: DistanceVectorConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_interval < self.dead_interval:
+            raise InvalidArgument("need 0 < heartbeat_interval < dead_interval")
+        if self.engine not in ENGINE_NAMES:
+            raise InvalidArgument(f"unknown routing engine {self.engine}")
+
+
+class LinkPhase(enum.Enum):
+    """Where a neighbour link is in its life."""
+
+    AWAITING_HELLO = "awaiting-hello"
+    UP = "up"
+
+
+class FrameKind(enum.Enum):
+    """What arrived, for the link state table."""
+
+    HELLO = "hello"
+    ROUTING = "routing"
+    IDENTITY = "identity"
+    BATCH = "batch"
+    HEARTBEAT = "heartbeat"
+    ACK = "ack"
+    ERROR = "error"
+
+
+_FRAME_KINDS: Mapping[str, FrameKind] = {
+    "hello": FrameKind.HELLO,
+    "advert": FrameKind.ROUTING,
+    "vector": FrameKind.ROUTING,
+    "identity": FrameKind.IDENTITY,
+    "batch": FrameKind.BATCH,
+    "heartbeat": FrameKind.HEARTBEAT,
+    "ack": FrameKind.ACK,
+    "error": FrameKind.ERROR,
+}
+
+# (phase, frame kind) -> handler name. A pair that is missing is a protocol
+# violation and closes the link, as in h2's connection state machine.
+_LINK_TABLE: Mapping[tuple[LinkPhase, FrameKind], str] = {
+    (LinkPhase.AWAITING_HELLO, FrameKind.HELLO): "_on_hello",
+    (LinkPhase.AWAITING_HELLO, FrameKind.HEARTBEAT): "_on_heartbeat",
+    (LinkPhase.AWAITING_HELLO, FrameKind.ERROR): "_on_link_error",
+    (LinkPhase.UP, FrameKind.ROUTING): "_on_routing",
+    (LinkPhase.UP, FrameKind.IDENTITY): "_on_identity",
+    (LinkPhase.UP, FrameKind.BATCH): "_on_batch",
+    (LinkPhase.UP, FrameKind.HEARTBEAT): "_on_heartbeat",
+    (LinkPhase.UP, FrameKind.ACK): "_on_ack",
+    (LinkPhase.UP, FrameKind.ERROR): "_on_link_error",
+}
+
+_SENT_HEARTBEATS_KEPT = 16
+
+
+@dataclass(slots=True)
+class _Neighbour:
+    """Mutable state of one link."""
+
+    peer: str
+    phase: LinkPhase
+    cost: LinkCost
+    opened_at: float
+    last_heard: float
+    next_heartbeat: float
+    heartbeat_seq: int = 0
+    sent_heartbeats: dict[int, float] = field(default_factory=dict)
+    last_peer_seq: int = 0
+    last_peer_seq_at: float = 0.0
+    frames_sent: int = 0
+    frames_received: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerInfo:
+    """A neighbour as the admin API shows it."""
+
+    peer: str
+    phase: str
+    cost: int
+    rtt_ms: float | None
+    frames_sent: int
+    frames_received: int
+
+
+class NodeCore:
+    """The protocol state of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        config: CoreConfig,
+        *,
+        random_bytes: RandomBytes,
+        certificate: bytes = b"",
+        check_certificate: CertificateCheck | None = None,
+    ) -> None:
+        self.node_id = identity.node_id
+        self.config = config
+        self._random_bytes = random_bytes
+        self.keyring = KeyRing(identity, random_bytes=random_bytes)
+        self.sealer = Sealer(self.keyring, cipher=config.cipher, limits=config.limits)
+        self.opener = Opener(self.keyring, limits=config.limits)
+        self._identity = identity
+        self._certificate = certificate
+        self.directory = IdentityDirectory(
+            make_identity_record(identity, 1, certificate), check_certificate=check_certificate
+        )
+        self.engine: RoutingEngine = self._make_engine()
+        self.dedupe = DedupeWindow()
+        self.stats: Counter[str] = Counter()
+        self._neighbours: dict[str, _Neighbour] = {}
+        self._ecmp_turn: dict[str, int] = {}
+
+    def _make_engine(self) -> RoutingEngine:
+        if self.config.engine == peer_pb2.ROUTING_ENGINE_LINK_STATE:
+            return LinkStateEngine(
+                self.node_id,
+                self.config.link_state,
+                sign=self._identity.sign,
+                verify=self._verify_origin,
+            )
+        return DistanceVectorEngine(self.node_id, self.config.distance_vector)
+
+    def _verify_origin(self, origin: str, data: bytes, signature: bytes) -> bool:
+        peer = self.keyring.peer(origin)
+        if peer is None:
+            return False
+        try:
+            peer.verify(data, signature)
+        except MeshError:
+            return False
+        return True
+
+    # --- what the driver reads -------------------------------------------------
+
+    @property
+    def table(self) -> RoutingTable:
+        """The current routing table."""
+        return self.engine.table
+
+    def services(self) -> Mapping[str, tuple[ServiceInstance, ...]]:
+        """Service name -> reachable instances, as learned through routing."""
+        return self.engine.services()
+
+    def subjects(self) -> Mapping[str, frozenset[str]]:
+        """Subject -> reachable subscribed nodes."""
+        return self.engine.subjects()
+
+    def peers(self) -> list[PeerInfo]:
+        """The neighbour links and their state."""
+        return [
+            PeerInfo(
+                peer=n.peer,
+                phase=n.phase.value,
+                cost=n.cost.cost,
+                rtt_ms=None if n.cost.srtt_us is None else n.cost.srtt_us / 1000,
+                frames_sent=n.frames_sent,
+                frames_received=n.frames_received,
+            )
+            for n in sorted(self._neighbours.values(), key=lambda n: n.peer)
+        ]
+
+    def hello(self, now: float, cost: int = 0) -> peer_pb2.Frame:
+        """The first frame this node sends on a new link."""
+        return peer_pb2.Frame(
+            hello=peer_pb2.Hello(
+                node_id=self.node_id,
+                mesh_id=self.config.mesh_id,
+                engine=self.config.engine,
+                protocol_version=PROTOCOL_VERSION,
+                cost=cost,
+                sent_ms=int(now * 1000),
+            )
+        )
+
+    # --- inputs ------------------------------------------------------------------
+
+    def link_up(self, peer: str, cost: int, now: float) -> list[Action]:
+        """A transport to neighbour ``peer`` is open: say hello, await theirs.
+
+        Calling it for a link that is already up changes its configured cost.
+        """
+        if peer == self.node_id:
+            raise InvalidArgument("a node cannot link to itself")
+        existing = self._neighbours.get(peer)
+        actions: list[Action] = []
+        if existing is not None:
+            existing.cost.configured = cost
+            if not self.config.cost_policy.rtt_derived:
+                existing.cost.cost = cost
+                if existing.phase is LinkPhase.UP:
+                    actions += self._routing_out(self.engine.link_up(peer, cost, now))
+            return self._finish(actions, now)
+        self._neighbours[peer] = _Neighbour(
+            peer=peer,
+            phase=LinkPhase.AWAITING_HELLO,
+            cost=LinkCost(cost, self.config.cost_policy),
+            opened_at=now,
+            last_heard=now,
+            next_heartbeat=now + self.config.heartbeat_interval,
+        )
+        actions.append(self._send(peer, self.hello(now, cost)))
+        return self._finish(actions, now)
+
+    def link_down(self, peer: str, now: float) -> list[Action]:
+        """The transport to ``peer`` closed (or the driver gave up on it)."""
+        neighbour = self._neighbours.pop(peer, None)
+        actions: list[Action] = []
+        if neighbour is not None and neighbour.phase is LinkPhase.UP:
+            self.stats["links_down"] += 1
+            actions += self._routing_out(self.engine.link_down(peer, now))
+        return self._finish(actions, now)
+
+    def frame_received(self, peer: str, frame: peer_pb2.Frame, now: float) -> list[Action]:
+        """Take one frame from neighbour ``peer``.
+
+        Bad input never raises: it is answered with ``Rejected`` (and, when the
+        link cannot go on, ``CloseLink``) and counted in ``stats``.
+        """
+        neighbour = self._neighbours.get(peer)
+        if neighbour is None:
+            self.stats["frames_without_link"] += 1
+            return self._finish([], now)
+        neighbour.last_heard = now
+        neighbour.frames_received += 1
+        which = frame.WhichOneof("body")
+        kind = _FRAME_KINDS.get(which or "")
+        handler = None if kind is None else _LINK_TABLE.get((neighbour.phase, kind))
+        if handler is None:
+            error = ProtocolViolation(
+                f"{which or 'empty'} frame from {peer!r} while the link is {neighbour.phase.value}"
+            )
+            return self._finish(self._close(peer, error, now), now)
+        actions: list[Action] = getattr(self, handler)(neighbour, frame, now)
+        return self._finish(actions, now)
+
+    def submit(
+        self,
+        destination: str,
+        body: EncodedBody,
+        now: float,
+        *,
+        mode: envelope_pb2.DeliveryMode = envelope_pb2.DELIVERY_MODE_ASYNC,
+        deadline_ms: int = 0,
+        destination_kind: envelope_pb2.DestinationKind = envelope_pb2.DESTINATION_KIND_NODE,
+        recipient: str | None = None,
+        message_id: bytes | None = None,
+    ) -> tuple[bytes, list[Action]]:
+        """Seal a message from a local application and send it on its way.
+
+        Returns the message id and the actions. ``recipient`` is the node that
+        will open it (a service instance's node); by default the destination.
+
+        Raises:
+            NoRoute: the recipient is not reachable.
+            UnknownRecipient: the recipient's identity is not known yet.
+            InvalidArgument, BodyTooLarge: as :meth:`Sealer.seal`.
+        """
+        target = destination if recipient is None else recipient
+        if target != self.node_id and not self.table.next_hops(target):
+            self.stats["dropped_no_route"] += 1
+            raise NoRoute(f"no route from {self.node_id!r} to {target!r}")
+        message_id = message_id if message_id is not None else self._random_bytes(16)
+        header = Header(
+            message_id=message_id,
+            source=self.node_id,
+            destination_kind=destination_kind,
+            destination=destination,
+            recipient=target,
+            mode=mode,
+            created_ms=int(now * 1000),
+            deadline_ms=deadline_ms,
+        )
+        envelope = self.sealer.seal(header, body, ttl=self.config.default_ttl)
+        self.stats["sealed"] += 1
+        if target == self.node_id:
+            return message_id, self._finish(self._deliver_local("", envelope, now), now)
+        hop = self._next_hop(target)
+        assert hop is not None  # checked above
+        actions: list[Action] = [self._batch(hop, [envelope])]
+        return message_id, self._finish(actions, now)
+
+    def set_offers(
+        self, services: Mapping[str, int], subjects: Iterable[str], now: float
+    ) -> list[Action]:
+        """Replace the services (name -> weight) and subjects this node advertises."""
+        return self._finish(
+            self._routing_out(self.engine.set_local_offers(services, subjects, now)), now
+        )
+
+    def tick(self, now: float) -> list[Action]:
+        """Run what is due: heartbeats, dead-link detection, routing timers."""
+        actions: list[Action] = []
+        for neighbour in list(self._neighbours.values()):
+            # Compare with the same sum next_wake() reports, or float rounding spins.
+            if now >= neighbour.last_heard + self.config.dead_interval:
+                self.stats["links_dead"] += 1
+                error = LinkRefused(
+                    f"no frame from {neighbour.peer!r} for "
+                    f"{now - neighbour.last_heard:.3f} s; declared dead"
+                )
+                actions += self._close(neighbour.peer, error, now, status=Status.UNAVAILABLE)
+                continue
+            if now >= neighbour.next_heartbeat:
+                actions.append(self._heartbeat(neighbour, now))
+        actions += self._routing_out(self.engine.tick(now))
+        self.dedupe.expire(int(now * 1000))
+        return self._finish(actions, now)
+
+    def next_wake(self) -> float | None:
+        """The earliest time ``tick`` has work to do."""
+        times = [n.next_heartbeat for n in self._neighbours.values()]
+        times += [n.last_heard + self.config.dead_interval for n in self._neighbours.values()]
+        engine_wake = self.engine.next_wake()
+        if engine_wake is not None:
+            times.append(engine_wake)
+        return min(times) if times else None
+
+    # --- link handlers -----------------------------------------------------------
+
+    def _on_hello(self, neighbour: _Neighbour, frame: peer_pb2.Frame, now: float) -> list[Action]:
+        hello = frame.hello
+        peer = neighbour.peer
+        problem = None
+        if hello.node_id != peer:
+            problem = f"expected node {peer!r}, the peer says it is {hello.node_id[:64]!r}"
+        elif hello.mesh_id != self.config.mesh_id:
+            problem = (
+                f"node {peer!r} is in mesh {hello.mesh_id[:64]!r}, this node is in "
+                f"{self.config.mesh_id!r}"
+            )
+        elif hello.engine != self.config.engine:
+            theirs = ENGINE_NAMES.get(hello.engine, f"engine {hello.engine}")
+            problem = (
+                f"node {peer!r} runs {theirs} routing, this mesh runs "
+                f"{ENGINE_NAMES[self.config.engine]}"
+            )
+        elif hello.protocol_version != PROTOCOL_VERSION:
+            problem = (
+                f"node {peer!r} speaks protocol {hello.protocol_version}, this node speaks "
+                f"{PROTOCOL_VERSION}"
+            )
+        if problem is not None:
+            self.stats["links_refused"] += 1
+            return self._close(peer, LinkRefused(f"link refused: {problem}"), now)
+        neighbour.phase = LinkPhase.UP
+        self.stats["links_up"] += 1
+        # Identities before adverts: a signed advert is checked against its origin's key.
+        actions: list[Action] = [
+            self._send(peer, peer_pb2.Frame(identity=record)) for record in self.directory
+        ]
+        actions += self._routing_out(self.engine.link_up(peer, neighbour.cost.cost, now))
+        return actions
+
+    def _on_link_error(
+        self, neighbour: _Neighbour, frame: peer_pb2.Frame, now: float
+    ) -> list[Action]:
+        self._neighbours.pop(neighbour.peer, None)
+        actions: list[Action] = []
+        if neighbour.phase is LinkPhase.UP:
+            actions += self._routing_out(self.engine.link_down(neighbour.peer, now))
+        status = _status(frame.error.status)
+        actions.append(
+            CloseLink(
+                peer=neighbour.peer,
+                status=status,
+                reason=f"{neighbour.peer!r} closed the link: {frame.error.reason[:512]}",
+            )
+        )
+        return actions
+
+    def _on_heartbeat(
+        self, neighbour: _Neighbour, frame: peer_pb2.Frame, now: float
+    ) -> list[Action]:
+        heartbeat = frame.heartbeat
+        neighbour.last_peer_seq = heartbeat.sequence
+        neighbour.last_peer_seq_at = now
+        sent_at = neighbour.sent_heartbeats.pop(heartbeat.echo_sequence, None)
+        actions: list[Action] = []
+        if sent_at is not None:
+            rtt_us = (now - sent_at) * 1e6 - heartbeat.echo_delay_us
+            changed = neighbour.cost.sample(rtt_us, now)
+            if changed and neighbour.phase is LinkPhase.UP:
+                self.stats["cost_changes"] += 1
+                actions += self._routing_out(
+                    self.engine.link_up(neighbour.peer, neighbour.cost.cost, now)
+                )
+        return actions
+
+    def _on_routing(self, neighbour: _Neighbour, frame: peer_pb2.Frame, now: float) -> list[Action]:
+        try:
+            out = self.engine.receive(neighbour.peer, frame, now)
+        except StaleUpdate:
+            # Normal when databases are exchanged after a link comes up: counted, not logged.
+            self.stats["stale_routing_updates"] += 1
+            return []
+        except MeshError as exc:
+            return [self._reject(neighbour.peer, exc, "routing")]
+        return self._routing_out(out)
+
+    def _on_identity(
+        self, neighbour: _Neighbour, frame: peer_pb2.Frame, now: float
+    ) -> list[Action]:
+        record = frame.identity
+        if record.node_id == self.node_id:
+            return self._own_identity_seen(record, now)
+        try:
+            public = self.directory.offer(record)
+        except StaleUpdate:
+            self.stats["stale_identity_records"] += 1
+            return []
+        except MeshError as exc:
+            return [self._reject(neighbour.peer, exc, "identity")]
+        if public is None:
+            return []
+        self.keyring.add_peer(public)
+        self.stats["identities_learned"] += 1
+        return [
+            self._send(other.peer, frame)
+            for other in self._neighbours.values()
+            if other.phase is LinkPhase.UP and other.peer != neighbour.peer
+        ]
+
+    def _own_identity_seen(self, record: peer_pb2.IdentityRecord, now: float) -> list[Action]:
+        own = self.directory.get(self.node_id)
+        assert own is not None
+        if serial_compare(record.sequence, own.sequence) <= 0:
+            return []
+        # The mesh remembers a previous life of ours: jump past it and re-flood.
+        fresh = make_identity_record(self._identity, record.sequence + 1, self._certificate)
+        self.directory.replace_own(fresh)
+        frame = peer_pb2.Frame(identity=fresh)
+        return [
+            self._send(n.peer, frame) for n in self._neighbours.values() if n.phase is LinkPhase.UP
+        ]
+
+    def _on_ack(self, neighbour: _Neighbour, frame: peer_pb2.Frame, now: float) -> list[Action]:
+        ack = frame.ack
+        if ack.status != Status.OK:
+            self.stats["nacks_received"] += 1
+            return [
+                Rejected(
+                    peer=neighbour.peer,
+                    status=_status(ack.status),
+                    reason=f"{neighbour.peer!r} refused envelopes we sent: {ack.detail[:512]}",
+                )
+            ]
+        return []
+
+    def _on_batch(self, neighbour: _Neighbour, frame: peer_pb2.Frame, now: float) -> list[Action]:
+        envelopes = frame.batch.envelopes
+        peer = neighbour.peer
+        if len(envelopes) > self.config.max_batch:
+            error = TooLarge(
+                f"batch of {len(envelopes)} envelopes from {peer!r} is over the "
+                f"{self.config.max_batch} limit"
+            )
+            return [self._reject(peer, error, "batch"), self._nack(peer, error)]
+        actions: list[Action] = []
+        outgoing: dict[str, list[Envelope]] = {}
+        now_ms = int(now * 1000)
+        for envelope in envelopes:
+            try:
+                verify(envelope, self.config.limits)
+                header = read_header(envelope, self.config.limits)
+            except MeshError as exc:
+                actions += [self._reject(peer, exc, "envelope"), self._nack(peer, exc)]
+                continue
+            if header.recipient == self.node_id:
+                actions += self._deliver_local(peer, envelope, now)
+                continue
+            if header.deadline_ms and header.deadline_ms < now_ms:
+                self.stats["dropped_expired"] += 1
+                continue
+            if envelope.ttl <= 1:
+                self.stats["dropped_ttl"] += 1
+                continue
+            hop = self._next_hop(header.recipient)
+            if hop is None:
+                self.stats["dropped_no_route"] += 1
+                continue
+            envelope.ttl -= 1
+            if self.config.trace:
+                envelope.trace.append(self.node_id)
+            self.stats["forwarded"] += 1
+            outgoing.setdefault(hop, []).append(envelope)
+        actions += [self._batch(hop, batch) for hop, batch in outgoing.items()]
+        return actions
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _deliver_local(self, peer: str, envelope: Envelope, now: float) -> list[Action]:
+        now_ms = int(now * 1000)
+        try:
+            opened = self.opener.open(envelope, now_ms=now_ms)
+            header = opened.header
+            if header.mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED:
+                self.dedupe.accept(header.message_id, header.created_ms, now_ms)
+        except MeshError as exc:
+            return [self._reject(peer, exc, "delivery")]
+        self.stats["delivered"] += 1
+        return [Deliver(message=opened)]
+
+    def _next_hop(self, destination: str) -> str | None:
+        """A next hop to ``destination``; equal-cost next hops are used in turn."""
+        hops = self.table.next_hops(destination)
+        if not hops:
+            return None
+        if len(hops) == 1:
+            return next(iter(hops))
+        turn = self._ecmp_turn.get(destination, 0)
+        self._ecmp_turn[destination] = turn + 1
+        return sorted(hops)[turn % len(hops)]
+
+    def _heartbeat(self, neighbour: _Neighbour, now: float) -> SendFrame:
+        neighbour.heartbeat_seq += 1
+        seq = neighbour.heartbeat_seq
+        neighbour.sent_heartbeats[seq] = now
+        if len(neighbour.sent_heartbeats) > _SENT_HEARTBEATS_KEPT:
+            del neighbour.sent_heartbeats[min(neighbour.sent_heartbeats)]
+        neighbour.next_heartbeat = now + self.config.heartbeat_interval
+        delay_us = 0
+        if neighbour.last_peer_seq:
+            delay_us = max(0, min(2**32 - 1, int((now - neighbour.last_peer_seq_at) * 1e6)))
+        return self._send(
+            neighbour.peer,
+            peer_pb2.Frame(
+                heartbeat=peer_pb2.Heartbeat(
+                    sequence=seq,
+                    sent_ms=int(now * 1000),
+                    echo_sequence=neighbour.last_peer_seq,
+                    echo_delay_us=delay_us,
+                )
+            ),
+        )
+
+    def _send(self, peer: str, frame: peer_pb2.Frame) -> SendFrame:
+        neighbour = self._neighbours.get(peer)
+        if neighbour is not None:
+            neighbour.frames_sent += 1
+        return SendFrame(peer=peer, frame=frame)
+
+    def _batch(self, peer: str, envelopes: list[Envelope]) -> SendFrame:
+        return self._send(peer, peer_pb2.Frame(batch=peer_pb2.EnvelopeBatch(envelopes=envelopes)))
+
+    def _routing_out(self, out: list[Outgoing]) -> list[Action]:
+        actions: list[Action] = []
+        for item in out:
+            neighbour = self._neighbours.get(item.peer)
+            if neighbour is None or neighbour.phase is not LinkPhase.UP:
+                continue
+            self.stats["control_frames_sent"] += 1
+            actions.append(self._send(item.peer, item.frame))
+        return actions
+
+    def _reject(self, peer: str, error: MeshError, what: str) -> Rejected:
+        self.stats[f"rejected_{what}_{error.status.name.lower()}"] += 1
+        return Rejected(peer=peer, status=error.status, reason=str(error))
+
+    def _nack(self, peer: str, error: MeshError) -> SendFrame:
+        return self._send(
+            peer,
+            peer_pb2.Frame(ack=peer_pb2.LinkAck(status=error.status, detail=str(error)[:512])),
+        )
+
+    def _close(
+        self, peer: str, error: MeshError, now: float, *, status: Status | None = None
+    ) -> list[Action]:
+        neighbour = self._neighbours.pop(peer, None)
+        code = error.status if status is None else status
+        actions: list[Action] = [
+            SendFrame(
+                peer=peer,
+                frame=peer_pb2.Frame(error=peer_pb2.LinkError(status=code, reason=str(error))),
+            ),
+            CloseLink(peer=peer, status=code, reason=str(error)),
+        ]
+        if neighbour is not None and neighbour.phase is LinkPhase.UP:
+            self.stats["links_down"] += 1
+            actions += self._routing_out(self.engine.link_down(peer, now))
+        return actions
+
+    def _finish(self, actions: list[Action], now: float) -> list[Action]:
+        wake = self.next_wake()
+        if wake is not None:
+            actions.append(Wake(at=max(wake, now)))
+        return actions
+
+
+def _status(code: int) -> Status:
+    try:
+        return Status(code)
+    except ValueError:
+        return Status.UNKNOWN
+
+
+def make_core(
+    node_id: str,
+    config: CoreConfig,
+    *,
+    random_bytes: RandomBytes,
+    identity: NodeIdentity | None = None,
+) -> NodeCore:
+    """A core with a fresh identity: handy for simulations and tests."""
+    return NodeCore(identity or NodeIdentity.generate(node_id), config, random_bytes=random_bytes)
+
+
+RandomSource = Callable[[int], bytes]
+
+__all__ = [
+    "ENGINE_NAMES",
+    "PROTOCOL_VERSION",
+    "CoreConfig",
+    "LinkPhase",
+    "NodeCore",
+    "PeerInfo",
+    "make_core",
+]

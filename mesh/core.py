@@ -305,6 +305,16 @@ class NodeCore:
             actions += self._routing_out(self.engine.link_down(peer, now))
         return self._finish(actions, now)
 
+    def keepalive(self, peer: str, now: float) -> None:
+        """The driver knows ``peer`` is alive though no frame was read.
+
+        A runtime that stops reading a link to push back on a busy neighbour
+        calls this, so its own back-pressure is not mistaken for a dead peer.
+        """
+        neighbour = self._neighbours.get(peer)
+        if neighbour is not None:
+            neighbour.last_heard = max(neighbour.last_heard, now)
+
     def frame_received(self, peer: str, frame: peer_pb2.Frame, now: float) -> list[Action]:
         """Take one frame from neighbour ``peer``.
 

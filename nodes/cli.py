@@ -11,10 +11,14 @@ from rich.console import Console
 from mesh import __version__
 from mesh.crypto import NodeIdentity
 from mesh.errors import MeshError
+from nodes.commands import node, ops, pki
 from nodes.demo import run_demo
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="meshwork: a message mesh.")
 console = Console()
+pki.register(app)
+node.register(app)
+ops.register(app)
 
 
 @app.command()

@@ -126,7 +126,7 @@ class PeerLink:
             else:
                 if settings.batch_delay > 0 and len(self._data) < settings.batch_max:
                     await asyncio.sleep(settings.batch_delay)
-                parts = []
+                parts: list[bytes] = []
                 while self._data and len(parts) < settings.batch_max:
                     parts.append(self._data.popleft())
                 chunk = b"".join(parts)  # merges into one Frame with one EnvelopeBatch

@@ -1,0 +1,1 @@
+"""Sub-commands of `mesh`, one module per area, each with a ``register(app)``."""

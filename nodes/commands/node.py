@@ -1,0 +1,38 @@
+"""`mesh node run CONFIG`: run one node in the foreground."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from mesh.errors import MeshError
+
+console = Console(stderr=True)
+node_app = typer.Typer(no_args_is_help=True, help="Run a node.")
+
+
+@node_app.command("run")
+def run(
+    config: Annotated[Path, typer.Argument(help="node config file (YAML)")],
+    ready_file: Annotated[
+        Path | None, typer.Option(help="write HOST:PORT here once serving (for launchers)")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the node described by CONFIG until SIGTERM or Ctrl-C."""
+    from nodes.server import run_node  # grpc is imported only by commands that need it
+
+    try:
+        code = run_node(config, ready_file, log_level)
+    except MeshError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=1) from None
+    raise typer.Exit(code=code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `mesh node ...`."""
+    app.add_typer(node_app, name="node")

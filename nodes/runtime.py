@@ -1,0 +1,429 @@
+"""NodeRuntime: drives one ``NodeCore`` with asyncio and grpc.aio.
+
+Everything here is glue: it turns streams, timers and RPCs into core inputs
+and carries out the actions the core returns. The protocol decisions (hello
+checks, heartbeats, routing, forwarding) are all the core's, so the simulator
+and this runtime behave the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from mesh.actions import Action, CloseLink, Deliver, Rejected, SendFrame, Wake
+from mesh.core import CoreConfig, NodeCore
+from mesh.crypto import NodeIdentity
+from mesh.directory import CertificateCheck
+from mesh.errors import MeshError, Status
+from mesh.v1 import peer_pb2
+from nodes.links import LinkSettings, LinkStuck, PeerLink, is_data, link_method, parse_frame
+from nodes.status import grpc_code
+
+log = logging.getLogger("mesh.runtime")
+
+HELLO_TIMEOUT = 5.0
+"""Seconds an inbound stream may take to send its hello."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NeighbourSpec:
+    """A configured neighbour: who, where, and at what cost."""
+
+    node: str
+    address: str | None
+    cost: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transport:
+    """How this node reaches and authenticates neighbours (None fields: insecure)."""
+
+    channel_credentials: grpc.ChannelCredentials | None = None
+    """Client side of mTLS; None dials in plaintext."""
+    channel_options: Callable[[str], list[tuple[str, str]]] | None = None
+    """Extra channel options per neighbour id (the TLS target name override)."""
+    peer_identity: Callable[[grpc.aio.ServicerContext], str | None] | None = None
+    """The verified node id of an inbound stream's certificate; None: no check."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeOptions:
+    """What a runtime needs beyond the core's configuration."""
+
+    neighbours: tuple[NeighbourSpec, ...] = ()
+    link: LinkSettings = field(default_factory=LinkSettings)
+    reconnect_min: float = 0.1
+    reconnect_max: float = 5.0
+    services: dict[str, int] = field(default_factory=dict)
+    subjects: tuple[str, ...] = ()
+    inbox_max: int = 10_000
+    """Deliveries kept for local applications before the oldest are dropped."""
+
+
+class NodeRuntime:
+    """One node's core plus its links, timers and local deliveries."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        core_config: CoreConfig,
+        options: RuntimeOptions,
+        transport: Transport,
+        *,
+        certificate: bytes = b"",
+        check_certificate: CertificateCheck | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = identity.node_id
+        self.options = options
+        self.transport = transport
+        self.clock = clock
+        self.rng = rng or random.SystemRandom()
+        self.core = NodeCore(
+            identity,
+            core_config,
+            random_bytes=self.rng.randbytes,
+            certificate=certificate,
+            check_certificate=check_certificate,
+        )
+        self.links: dict[str, PeerLink] = {}
+        self.addresses: dict[str, str] = {
+            n.node: n.address for n in options.neighbours if n.address
+        }
+        self.costs: dict[str, int] = {n.node: n.cost for n in options.neighbours}
+        self.inbox: asyncio.Queue[Deliver] = asyncio.Queue(maxsize=options.inbox_max)
+        self.receivers: set[asyncio.Queue[Deliver]] = set()
+        self.counters: dict[str, int] = {}
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self._wake_at: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stopping = asyncio.Event()
+
+    # --- life cycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Advertise local offers and start dialling neighbours."""
+        self.apply(self.core.set_offers(self.options.services, self.options.subjects, self.clock()))
+        for spec in self.options.neighbours:
+            if spec.address:
+                self._spawn(self._dial_forever(spec), f"dial-{spec.node}")
+
+    async def stop(self) -> None:
+        """Close every link and stop dialling."""
+        self._stopping.set()
+        for link in list(self.links.values()):
+            link.close(Status.UNAVAILABLE, f"node {self.node_id!r} is shutting down")
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for channel in self._channels.values():
+            await channel.close(grace=0.5)
+
+    def _spawn(self, coroutine: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    # --- actions ----------------------------------------------------------------
+
+    def apply(self, actions: list[Action]) -> list[SendFrame]:
+        """Carry out actions; returns data frames that found their queue full."""
+        blocked: list[SendFrame] = []
+        for action in actions:
+            if isinstance(action, SendFrame):
+                if not self._send(action):
+                    blocked.append(action)
+            elif isinstance(action, Wake):
+                self._schedule(action.at)
+            elif isinstance(action, Deliver):
+                self._deliver(action)
+            elif isinstance(action, Rejected):
+                self.count("rejected")
+                log.warning(
+                    "refused input: %s",
+                    action.reason,
+                    extra={"fields": {"peer": action.peer, "status": action.status.name}},
+                )
+            elif isinstance(action, CloseLink):
+                link = self.links.get(action.peer)
+                log.warning(
+                    "closing link: %s",
+                    action.reason,
+                    extra={"fields": {"peer": action.peer, "status": action.status.name}},
+                )
+                if link is not None:
+                    link.close(action.status, action.reason)
+        return blocked
+
+    async def apply_with_backpressure(self, peer: str, actions: list[Action]) -> None:
+        """Apply, then wait for room for data frames instead of dropping them.
+
+        Used while reading a neighbour's stream: waiting here stops reading that
+        stream, and gRPC flow control pushes back on the neighbour.
+        """
+        blocked = self.apply(actions)
+        for action in blocked:
+            link = self.links.get(action.peer)
+            while link is not None and not link.closed.is_set():
+                if link.try_send_data(action.frame):
+                    break
+                self.core.keepalive(peer, self.clock())
+                await link.wait_for_space(timeout=0.1)
+                link = self.links.get(action.peer)
+            else:
+                self.count("dropped_link_gone")
+
+    def _send(self, action: SendFrame) -> bool:
+        link = self.links.get(action.peer)
+        if link is None:
+            self.count("dropped_no_link")
+            return True
+        if is_data(action.frame):
+            return link.try_send_data(action.frame)
+        try:
+            link.send_control(action.frame)
+        except LinkStuck as exc:
+            link.close(Status.UNAVAILABLE, str(exc))
+        return True
+
+    def _deliver(self, action: Deliver) -> None:
+        header = action.message.header
+        log.debug(
+            "delivered",
+            extra={"fields": {"message_id": header.message_id.hex(), "source": header.source}},
+        )
+        if self.receivers:
+            for queue in self.receivers:
+                if queue.full():
+                    self.count("dropped_receiver_full")
+                else:
+                    queue.put_nowait(action)
+            return
+        if self.inbox.full():
+            self.inbox.get_nowait()
+            self.count("dropped_inbox_full")
+        self.inbox.put_nowait(action)
+
+    def _schedule(self, at: float) -> None:
+        if self._wake_at is not None and self._wake_at <= at and self._wake_handle is not None:
+            return
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, at - self.clock())
+        self._wake_at = at
+        self._wake_handle = loop.call_later(delay, self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._wake_handle = None
+        self._wake_at = None
+        for action in self.apply(self.core.tick(self.clock())):
+            self.count("dropped_queue_full")
+            del action
+
+    # --- links ------------------------------------------------------------------
+
+    async def run_link(
+        self,
+        peer: str,
+        read: Callable[[], Awaitable[bytes | None]],
+        write: Callable[[bytes], Awaitable[None]],
+        *,
+        initiated: bool,
+        first: peer_pb2.Frame | None = None,
+    ) -> PeerLink:
+        """Run one established stream until it ends; returns the link for its close reason."""
+        link = PeerLink(peer, self.options.link, initiated)
+        self.links[peer] = link
+        cost = self.costs.get(peer) or (first.hello.cost if first is not None else 0) or 1
+        log.info("link open", extra={"fields": {"peer": peer, "initiated": initiated}})
+        self.apply(self.core.link_up(peer, cost, self.clock()))
+        writer = asyncio.ensure_future(link.run_writer(write))
+        reader = asyncio.ensure_future(self._read_loop(link, read, first))
+        closed = asyncio.ensure_future(link.closed.wait())
+        try:
+            await asyncio.wait({writer, reader, closed}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (writer, reader):
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    error = task.exception()
+                    link.close(Status.UNAVAILABLE, f"stream to {peer!r} failed: {error}")
+        finally:
+            reader.cancel()
+            closed.cancel()
+            if not writer.done():
+                link.close(link.close_status or Status.UNAVAILABLE, link.close_reason)
+                try:
+                    await asyncio.wait_for(writer, 0.5)
+                except (TimeoutError, asyncio.CancelledError, grpc.aio.AioRpcError):
+                    writer.cancel()
+            try:
+                await asyncio.wait_for(link.flush_control(write), 0.5)
+            except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass
+            if self.links.get(peer) is link:
+                del self.links[peer]
+            self.apply(self.core.link_down(peer, self.clock()))
+            log.info(
+                "link closed",
+                extra={"fields": {"peer": peer, "reason": link.close_reason or "stream ended"}},
+            )
+        return link
+
+    async def _read_loop(
+        self,
+        link: PeerLink,
+        read: Callable[[], Awaitable[bytes | None]],
+        first: peer_pb2.Frame | None,
+    ) -> None:
+        peer = link.peer
+        if first is not None:
+            await self.apply_with_backpressure(
+                peer, self.core.frame_received(peer, first, self.clock())
+            )
+        while not link.closed.is_set():
+            data = await read()
+            if data is None:
+                link.close(Status.UNAVAILABLE, f"{peer!r} ended the stream")
+                return
+            try:
+                frame = parse_frame(data)
+            except MeshError as exc:
+                self.count("garbage_frames")
+                log.warning("refused input: %s", exc, extra={"fields": {"peer": peer}})
+                link.close(exc.status, str(exc))
+                return
+            await self.apply_with_backpressure(
+                peer, self.core.frame_received(peer, frame, self.clock())
+            )
+
+    async def _dial_forever(self, spec: NeighbourSpec) -> None:
+        """Keep a link to ``spec`` up, redialling with exponential backoff and jitter."""
+        assert spec.address is not None
+        backoff = self.options.reconnect_min
+        # The smaller id dials at once; the larger gives it a moment, so two nodes
+        # dialling each other at the same instant rarely collide.
+        if self.node_id > spec.node:
+            await asyncio.sleep(self.options.reconnect_min * (1 + self.rng.random()))
+        while not self._stopping.is_set():
+            existing = self.links.get(spec.node)
+            if existing is not None:
+                await existing.closed.wait()
+                await asyncio.sleep(self.options.reconnect_min * self.rng.random())
+                continue
+            started = self.clock()
+            try:
+                await self._dial_once(spec)
+            except grpc.aio.AioRpcError as exc:
+                self.count("dial_failures")
+                log.info(
+                    "dial failed: %s",
+                    exc.details() or exc.code().name,
+                    extra={"fields": {"peer": spec.node, "status": exc.code().name}},
+                )
+            if self.clock() - started > 5 * self.options.reconnect_max:
+                backoff = self.options.reconnect_min  # it was up for a while: start over
+            await asyncio.sleep(backoff * (0.5 + self.rng.random()))
+            backoff = min(self.options.reconnect_max, backoff * 2)
+
+    async def _dial_once(self, spec: NeighbourSpec) -> None:
+        assert spec.address is not None
+        channel = self._channels.get(spec.node)
+        if channel is None:
+            options: list[tuple[str, object]] = [
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ]
+            if self.transport.channel_options is not None:
+                options += self.transport.channel_options(spec.node)
+            if self.transport.channel_credentials is None:
+                channel = grpc.aio.insecure_channel(spec.address, options=options)
+            else:
+                channel = grpc.aio.secure_channel(
+                    spec.address, self.transport.channel_credentials, options=options
+                )
+            self._channels[spec.node] = channel
+        call = link_method(channel)()
+
+        async def read() -> bytes | None:
+            data = await call.read()
+            if data is grpc.aio.EOF:
+                return None
+            assert isinstance(data, bytes)
+            return data
+
+        if spec.node in self.links:  # an inbound stream won the race meanwhile
+            call.cancel()
+            return
+        link = await self.run_link(spec.node, read, call.write, initiated=True)
+        call.cancel()
+        if link.close_status is not None and link.close_status != Status.UNAVAILABLE:
+            log.warning(
+                "link refused: %s",
+                link.close_reason,
+                extra={"fields": {"peer": spec.node, "status": link.close_status.name}},
+            )
+
+    async def serve_link(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        """PeerService.Link: an inbound stream from a neighbour (raw bytes)."""
+        del request_iterator  # the stream is read through the context
+
+        async def read() -> bytes | None:
+            data = await context.read()
+            if data is grpc.aio.EOF:
+                return None
+            assert isinstance(data, bytes)
+            return data
+
+        try:
+            data = await asyncio.wait_for(read(), HELLO_TIMEOUT)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello within 5 s")
+            return
+        if data is None:
+            return
+        try:
+            first = parse_frame(data)
+        except MeshError as exc:
+            self.count("garbage_frames")
+            log.warning("refused input: %s", exc, extra={"fields": {"peer": context.peer()}})
+            await context.abort(grpc_code(exc.status), str(exc))
+            return
+        if not first.HasField("hello"):
+            reason = f"the first frame must be a hello, got {first.WhichOneof('body')}"
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
+            return
+        peer = first.hello.node_id
+        if self.transport.peer_identity is not None:
+            certified = self.transport.peer_identity(context)
+            if certified != peer:
+                self.count("links_unauthenticated")
+                reason = f"certificate is for {certified!r}, the hello claims {peer[:64]!r}"
+                log.warning("refused link: %s", reason, extra={"fields": {"peer": peer[:64]}})
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+                return
+        if peer in self.links:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"a link to {peer!r} is already up")
+            return
+        link = await self.run_link(peer, read, context.write, initiated=False, first=first)
+        if link.close_status is not None and link.close_status != Status.UNAVAILABLE:
+            await context.abort(grpc_code(link.close_status), link.close_reason)
+
+
+__all__ = ["NeighbourSpec", "NodeRuntime", "RuntimeOptions", "Transport"]

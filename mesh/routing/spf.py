@@ -179,6 +179,7 @@ class Topology:
         "_free_slots",
         "_index",
         "_names",
+        "_names_arr",
         "_nslots",
         "_pending",
         "_src",
@@ -190,6 +191,9 @@ class Topology:
         self._claims: dict[str, dict[str, int]] = {}
         self._index: dict[str, int] = {}
         self._names: list[str | None] = []
+        # The same names as a numpy object array, rebuilt only when the node set
+        # changes: SPF output is then gathered by fancy indexing, not a Python loop.
+        self._names_arr: Any = None
         self._free_nodes: list[int] = []
         # Usable directed edges: (u index, v index) -> slot in the arrays below.
         self._edges: dict[tuple[int, int], int] = {}
@@ -261,6 +265,7 @@ class Topology:
         del self._claims[node]
         i = self._index.pop(node)
         self._names[i] = None
+        self._names_arr = None
         self._free_nodes.append(i)
 
     def _node_index(self, node: str) -> int:
@@ -272,6 +277,7 @@ class Topology:
             else:
                 i = len(self._names)
                 self._names.append(node)
+            self._names_arr = None
             self._index[node] = i
         return i
 
@@ -362,15 +368,17 @@ class Topology:
         if source not in self._index or not HAVE_SCIPY:
             return self.shortest_paths(source).to_table()
         dests, costs, hops = self._spf_lists(source)
-        return RoutingTable(
-            {d: make_route(d, c, h) for d, c, h in zip(dests, costs, hops, strict=True)}
-        )
+        return RoutingTable.from_columns(dests, costs, hops)
 
     def _spf_lists(self, source: str) -> tuple[list[str], list[int], list[frozenset[str]]]:
         csr, src, dst, w = self._arrays()
         s = self._index[source]
         dist = _scipy_dijkstra(csr, directed=True, indices=s)
-        return _ecmp_from_distances(self._names, s, dist, src=src, dst=dst, w=w)
+        if self._names_arr is None or len(self._names_arr) != len(dist):
+            self._names_arr = np.array(
+                self._names + [None] * (len(dist) - len(self._names)), dtype=object
+            )
+        return _ecmp_from_distances(self._names_arr, s, dist, src=src, dst=dst, w=w)
 
 
 def shortest_paths(topology: Topology, source: str) -> ShortestPaths:
@@ -379,7 +387,7 @@ def shortest_paths(topology: Topology, source: str) -> ShortestPaths:
 
 
 def _ecmp_from_distances(
-    names: list[str | None], s: int, dist: Any, *, src: Any, dst: Any, w: Any
+    names: Any, s: int, dist: Any, *, src: Any, dst: Any, w: Any
 ) -> tuple[list[str], list[int], list[frozenset[str]]]:
     """Next-hop sets from exact distances, mostly vectorised.
 
@@ -430,10 +438,12 @@ def _ecmp_from_distances(
             root_mask[v] = root_mask.get(v, 0) | contrib
 
     sets = _mask_sets(first)
-    root_set = {r: sets(m) for r, m in root_mask.items()}
+    root_set = np.empty(n, dtype=object)
+    for r, m in root_mask.items():
+        root_set[r] = sets(m)
     root_set[s] = frozenset()
     reach = np.flatnonzero(finite)
-    dests: list[str] = [names[i] for i in reach.tolist()]  # type: ignore[misc]
+    dests: list[str] = names[reach].tolist()
     costs: list[int] = dist[reach].astype(np.int64).tolist()
-    hops = [root_set[r] for r in parent[reach].tolist()]
+    hops: list[frozenset[str]] = root_set[parent[reach]].tolist()
     return dests, costs, hops

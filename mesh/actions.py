@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.envelope import OpenedMessage
+from mesh.envelope import Envelope, OpenedMessage
 from mesh.errors import Status
 from mesh.v1 import peer_pb2
 
@@ -57,6 +57,67 @@ class Rejected:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Persist:
+    """Store an acknowledged message in the durable outbox before it counts as accepted."""
+
+    message_id: bytes
+    """Its id (the outbox key)."""
+    recipient: str
+    """Node it is sealed to."""
+    envelope: Envelope
+    """The sealed envelope, as it is (re)sent."""
+    created_ms: int
+    """When it was sealed."""
+    deadline_ms: int
+    """When the source gives up on it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Forget:
+    """Remove a message from the durable outbox (acked, or given up)."""
+
+    message_id: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Remember:
+    """Persist an accepted message id in the dedupe window before acking it."""
+
+    message_id: bytes
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Acked:
+    """The destination acknowledged an acknowledged message."""
+
+    message_id: bytes
+    latency_s: float
+    """From first send to ack."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Replied:
+    """The reply to a request arrived."""
+
+    message_id: bytes
+    """The request's id."""
+    reply: OpenedMessage
+    """The reply; ``reply.header.status`` says how the handler fared."""
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failed:
+    """An acknowledged message or request will not be acked or answered."""
+
+    message_id: bytes
+    status: Status
+    """DEADLINE_EXCEEDED, UNAVAILABLE (no route / no instance), ..."""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Wake:
     """Call ``tick`` again no later than ``at``."""
 
@@ -64,6 +125,31 @@ class Wake:
     """Time, on the clock the driver passes as ``now``."""
 
 
-Action = SendFrame | CloseLink | Deliver | Rejected | Wake
+Action = (
+    SendFrame
+    | CloseLink
+    | Deliver
+    | Rejected
+    | Wake
+    | Persist
+    | Forget
+    | Remember
+    | Acked
+    | Replied
+    | Failed
+)
 
-__all__ = ["Action", "CloseLink", "Deliver", "Rejected", "SendFrame", "Wake"]
+__all__ = [
+    "Acked",
+    "Action",
+    "CloseLink",
+    "Deliver",
+    "Failed",
+    "Forget",
+    "Persist",
+    "Rejected",
+    "Remember",
+    "Replied",
+    "SendFrame",
+    "Wake",
+]

@@ -21,20 +21,39 @@ hops used in turn).
 from __future__ import annotations
 
 import enum
-from collections import Counter
+import heapq
+import itertools
+import random
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from mesh.actions import Action, CloseLink, Deliver, Rejected, SendFrame, Wake
-from mesh.codec import EncodedBody
+from mesh.actions import (
+    Acked,
+    Action,
+    CloseLink,
+    Deliver,
+    Failed,
+    Forget,
+    Persist,
+    Rejected,
+    Remember,
+    Replied,
+    SendFrame,
+    Wake,
+)
+from mesh.balance import Balancer, Policy, RetryBudget
+from mesh.codec import ContentType, EncodedBody
 from mesh.crypto import Cipher, KeyRing, NodeIdentity, RandomBytes
 from mesh.dedupe import DedupeWindow
 from mesh.directory import CertificateCheck, IdentityDirectory, make_identity_record
 from mesh.envelope import (
     DEFAULT_LIMITS,
     Envelope,
+    EnvelopeHeader,
     Header,
     Limits,
+    OpenedMessage,
     Opener,
     Sealer,
     read_header,
@@ -46,8 +65,10 @@ from mesh.errors import (
     MeshError,
     NoRoute,
     ProtocolViolation,
+    Replayed,
     Status,
     TooLarge,
+    TooManyPending,
 )
 from mesh.linkcost import CostPolicy, LinkCost
 from mesh.routing.base import Outgoing, RoutingEngine
@@ -55,6 +76,7 @@ from mesh.routing.distance_vector import DistanceVectorConfig, DistanceVectorEng
 from mesh.routing.errors import StaleUpdate
 from mesh.routing.link_state import LinkStateConfig, LinkStateEngine, serial_compare
 from mesh.routing.table import RoutingTable, ServiceInstance
+from mesh.subjects import check_subject, matches, parse_offer
 from mesh.v1 import envelope_pb2, peer_pb2
 
 PROTOCOL_VERSION = 1
@@ -63,6 +85,46 @@ ENGINE_NAMES: Mapping[int, str] = {
     peer_pb2.ROUTING_ENGINE_LINK_STATE: "link-state",
     peer_pb2.ROUTING_ENGINE_DISTANCE_VECTOR: "distance-vector",
 }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryConfig:
+    """Acknowledged delivery, requests and dedupe."""
+
+    default_timeout_ms: int = 10_000
+    """Deadline of acknowledged messages and requests that set none."""
+    retry_initial_s: float = 0.2
+    """First retransmit of an unacked message; doubles per attempt (+-50% jitter)."""
+    retry_max_s: float = 2.0
+    request_attempt_s: float = 1.0
+    """A request instance silent this long is ejected and the request retried elsewhere."""
+    retry_budget: float = 0.2
+    """Request retries may add at most this fraction of the request load."""
+    max_pending: int = 100_000
+    """Unacked messages and requests in flight from this node."""
+    reply_cache: int = 10_000
+    """Replies kept to answer retried requests without re-running the handler."""
+    dedupe_capacity: int = 100_000
+    dedupe_horizon_ms: int = 600_000
+
+
+@dataclass(slots=True, kw_only=True)
+class _Pending:
+    """An acknowledged message or request awaiting its ack or reply."""
+
+    message_id: bytes
+    request: bool
+    destination: str
+    destination_kind: envelope_pb2.DestinationKind
+    body: EncodedBody | None
+    deadline_ms: int
+    started_at: float
+    recipient: str = ""
+    envelope: Envelope | None = None
+    attempts: int = 0
+    attempt_at: float = 0.0
+    next_at: float = 0.0
+    tried: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +151,7 @@ class CoreConfig:
     """Append this node's id to the hop trace of every envelope it forwards."""
     max_batch: int = 1024
     """Most envelopes accepted in one batch frame."""
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     link_state: LinkStateConfig | None = None
     distance_vector: DistanceVectorConfig | None = None
 
@@ -144,6 +207,11 @@ _LINK_TABLE: Mapping[tuple[LinkPhase, FrameKind], str] = {
 }
 
 _SENT_HEARTBEATS_KEPT = 16
+_EMPTY_BODY = EncodedBody(data=b"", content_type=ContentType.RAW)
+# Reply statuses that say the instance (not the request) is in trouble.
+_INSTANCE_FAILURES = frozenset(
+    {Status.UNAVAILABLE, Status.INTERNAL, Status.UNKNOWN, Status.RESOURCE_EXHAUSTED}
+)
 
 
 @dataclass(slots=True)
@@ -200,7 +268,16 @@ class NodeCore:
             make_identity_record(identity, 1, certificate), check_certificate=check_certificate
         )
         self.engine: RoutingEngine = self._make_engine()
-        self.dedupe = DedupeWindow()
+        self.dedupe = DedupeWindow(
+            capacity=config.delivery.dedupe_capacity, horizon_ms=config.delivery.dedupe_horizon_ms
+        )
+        self._rng = random.Random(int.from_bytes(random_bytes(8), "big"))
+        self.balancer = Balancer(self._rng)
+        self._budget = RetryBudget(ratio=config.delivery.retry_budget)
+        self._pending: dict[bytes, _Pending] = {}
+        self._timers: list[tuple[float, int, bytes]] = []
+        self._timer_seq = itertools.count()
+        self._replies: OrderedDict[bytes, Envelope] = OrderedDict()
         self.stats: Counter[str] = Counter()
         self._neighbours: dict[str, _Neighbour] = {}
         self._ecmp_turn: dict[str, int] = {}
@@ -352,37 +429,222 @@ class NodeCore:
     ) -> tuple[bytes, list[Action]]:
         """Seal a message from a local application and send it on its way.
 
-        Returns the message id and the actions. ``recipient`` is the node that
-        will open it (a service instance's node); by default the destination.
+        Returns the message id and the actions. A SERVICE destination goes to
+        one instance, chosen by the service's balancing policy, unless
+        ``recipient`` names the node. ACKNOWLEDGED messages are persisted
+        (``Persist``), retried with backoff until acked (``Acked``) or past
+        their deadline (``Failed``); a missing route then only delays them.
 
         Raises:
-            NoRoute: the recipient is not reachable.
+            NoRoute: (async) the recipient is not reachable; (any) no instance
+                of the service is known.
             UnknownRecipient: the recipient's identity is not known yet.
             InvalidArgument, BodyTooLarge: as :meth:`Sealer.seal`.
         """
-        target = destination if recipient is None else recipient
-        if target != self.node_id and not self.table.next_hops(target):
+        acknowledged = mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED
+        target = recipient or self._resolve(destination, destination_kind, now)
+        if not acknowledged and target != self.node_id and not self.table.next_hops(target):
             self.stats["dropped_no_route"] += 1
             raise NoRoute(f"no route from {self.node_id!r} to {target!r}")
         message_id = message_id if message_id is not None else self._random_bytes(16)
-        header = Header(
-            message_id=message_id,
-            source=self.node_id,
-            destination_kind=destination_kind,
-            destination=destination,
-            recipient=target,
+        if acknowledged and not deadline_ms:
+            deadline_ms = int(now * 1000) + self.config.delivery.default_timeout_ms
+        pending = None
+        if acknowledged:
+            if len(self._pending) >= self.config.delivery.max_pending:
+                raise TooManyPending(
+                    f"{len(self._pending)} acknowledged messages await their ack; slow down"
+                )
+            pending = _Pending(
+                message_id=message_id,
+                request=False,
+                destination=destination,
+                destination_kind=destination_kind,
+                body=body,
+                deadline_ms=deadline_ms,
+                started_at=now,
+            )
+        envelope = self._seal(
+            message_id,
+            destination,
+            destination_kind,
+            target,
+            body=body,
+            now=now,
             mode=mode,
-            created_ms=int(now * 1000),
             deadline_ms=deadline_ms,
         )
-        envelope = self.sealer.seal(header, body, ttl=self.config.default_ttl)
-        self.stats["sealed"] += 1
-        if target == self.node_id:
-            return message_id, self._finish(self._deliver_local("", envelope, now), now)
-        hop = self._next_hop(target)
-        assert hop is not None  # checked above
-        actions: list[Action] = [self._batch(hop, [envelope])]
+        actions: list[Action] = []
+        if pending is not None:
+            pending.recipient = target
+            pending.envelope = envelope
+            self._pending[message_id] = pending
+            actions.append(self._persist(pending, now))
+            self._arm(pending, now + self._backoff(0))
+        actions += self._send_envelope(envelope, target, now)
         return message_id, self._finish(actions, now)
+
+    def request(
+        self,
+        destination: str,
+        body: EncodedBody,
+        now: float,
+        *,
+        timeout_ms: int | None = None,
+        destination_kind: envelope_pb2.DestinationKind = envelope_pb2.DESTINATION_KIND_SERVICE,
+    ) -> tuple[bytes, list[Action]]:
+        """Send a request; its answer comes back as ``Replied`` (or ``Failed``).
+
+        A request whose instance does not answer within the attempt timeout is
+        retried on another instance while the retry budget allows, until its
+        deadline. Requests are not persisted: their caller is waiting.
+
+        Raises:
+            NoRoute: no instance of the service (or no route to the node).
+        """
+        timeout = self.config.delivery.default_timeout_ms if timeout_ms is None else timeout_ms
+        deadline_ms = int(now * 1000) + timeout
+        target = self._resolve(destination, destination_kind, now)
+        if target != self.node_id and not self.table.next_hops(target):
+            raise NoRoute(f"no route from {self.node_id!r} to {target!r}")
+        if len(self._pending) >= self.config.delivery.max_pending:
+            raise TooManyPending(f"{len(self._pending)} requests are in flight; slow down")
+        message_id = self._random_bytes(16)
+        pending = _Pending(
+            message_id=message_id,
+            request=True,
+            destination=destination,
+            destination_kind=destination_kind,
+            body=body,
+            deadline_ms=deadline_ms,
+            started_at=now,
+        )
+        self._budget.deposit()
+        actions = self._attempt(pending, target, now)
+        self._pending[message_id] = pending
+        return message_id, self._finish(actions, now)
+
+    def reply(
+        self,
+        request: EnvelopeHeader,
+        body: EncodedBody,
+        now: float,
+        *,
+        status: Status = Status.OK,
+    ) -> list[Action]:
+        """Answer a delivered request (its header) with ``body`` and ``status``.
+
+        A non-OK reply carries the error text as its body.
+        """
+        to = request.reply_to or request.source
+        header = Header(
+            message_id=self._random_bytes(16),
+            source=self.node_id,
+            destination_kind=envelope_pb2.DESTINATION_KIND_NODE,
+            destination=to,
+            recipient=to,
+            mode=envelope_pb2.DELIVERY_MODE_ASYNC,
+            kind=envelope_pb2.ENVELOPE_KIND_REPLY,
+            created_ms=int(now * 1000),
+            deadline_ms=request.deadline_ms,
+            correlation_id=request.message_id,
+            status=int(status),
+        )
+        try:
+            envelope = self.sealer.seal(header, body, ttl=self.config.default_ttl)
+        except MeshError as exc:
+            return self._finish([self._reject("", exc, "reply")], now)
+        self._replies[request.message_id] = envelope
+        while len(self._replies) > self.config.delivery.reply_cache:
+            self._replies.popitem(last=False)
+        return self._finish(self._send_envelope(envelope, to, now), now)
+
+    def publish(
+        self,
+        subject: str,
+        body: EncodedBody,
+        now: float,
+        *,
+        mode: envelope_pb2.DeliveryMode = envelope_pb2.DELIVERY_MODE_ASYNC,
+        deadline_ms: int = 0,
+    ) -> tuple[list[bytes], list[Action]]:
+        """Send ``body`` to every subscriber of ``subject`` (one member per queue group).
+
+        One copy per subscribed node, each sealed to that node; returns the
+        copies' message ids (empty when nobody subscribes).
+        """
+        check_subject(subject)
+        targets = self._subscribers(subject)
+        ids: list[bytes] = []
+        actions: list[Action] = []
+        for node, groups in sorted(targets.items()):
+            copy_id = self._random_bytes(16)
+            ids.append(copy_id)
+            try:
+                _, out = self._submit_copy(
+                    copy_id,
+                    subject,
+                    node,
+                    groups=groups,
+                    body=body,
+                    now=now,
+                    mode=mode,
+                    deadline_ms=deadline_ms,
+                )
+            except NoRoute:
+                self.stats["dropped_no_route"] += 1
+                continue
+            actions += out
+        self.stats["published"] += 1
+        return ids, self._finish(actions, now)
+
+    def resume(self, entries: Iterable[tuple[bytes, Envelope, int]], now: float) -> list[Action]:
+        """Take back the outbox after a restart: (message id, envelope, deadline_ms).
+
+        Each is resent as sealed (same id, so the destination's dedupe window
+        drops any copy it already delivered).
+        """
+        actions: list[Action] = []
+        for message_id, envelope, deadline_ms in entries:
+            try:
+                header = read_header(envelope, self.config.limits)
+            except MeshError as exc:
+                actions.append(self._reject("", exc, "outbox"))
+                actions.append(Forget(message_id=message_id))
+                continue
+            pending = _Pending(
+                message_id=message_id,
+                request=False,
+                destination=header.destination,
+                destination_kind=header.destination_kind,
+                body=None,
+                deadline_ms=deadline_ms,
+                started_at=now,
+            )
+            pending.recipient = header.recipient
+            pending.envelope = envelope
+            self._pending[message_id] = pending
+            self._arm(pending, now)
+        self.stats["resumed"] += len(self._pending)
+        return self._finish(actions, now)
+
+    def remember_seen(self, seen: Iterable[tuple[bytes, int]], now: float) -> None:
+        """Load persisted dedupe entries (message id, created_ms) after a restart."""
+        now_ms = int(now * 1000)
+        for message_id, created_ms in seen:
+            try:
+                self.dedupe.accept(message_id, created_ms, now_ms)
+            except MeshError:
+                continue
+
+    def set_policy(self, service: str, policy: Policy | str) -> None:
+        """How requests and messages to ``service`` choose an instance."""
+        self.balancer.set_policy(service, policy)
+
+    @property
+    def pending_count(self) -> int:
+        """Acknowledged messages and requests awaiting their ack or reply."""
+        return len(self._pending)
 
     def set_offers(
         self, services: Mapping[str, int], subjects: Iterable[str], now: float
@@ -408,6 +670,7 @@ class NodeCore:
             if now >= neighbour.next_heartbeat:
                 actions.append(self._heartbeat(neighbour, now))
         actions += self._routing_out(self.engine.tick(now))
+        actions += self._run_delivery_timers(now)
         self.dedupe.expire(int(now * 1000))
         return self._finish(actions, now)
 
@@ -418,6 +681,10 @@ class NodeCore:
         engine_wake = self.engine.next_wake()
         if engine_wake is not None:
             times.append(engine_wake)
+        while self._timers and self._timers[0][2] not in self._pending:
+            heapq.heappop(self._timers)  # answered since it was armed
+        if self._timers:
+            times.append(self._timers[0][0])
         return min(times) if times else None
 
     # --- link handlers -----------------------------------------------------------
@@ -597,13 +864,360 @@ class NodeCore:
         now_ms = int(now * 1000)
         try:
             opened = self.opener.open(envelope, now_ms=now_ms)
-            header = opened.header
-            if header.mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED:
-                self.dedupe.accept(header.message_id, header.created_ms, now_ms)
         except MeshError as exc:
             return [self._reject(peer, exc, "delivery")]
+        header = opened.header
+        kind = header.kind
+        if kind == envelope_pb2.ENVELOPE_KIND_ACK:
+            return self._on_end_to_end_ack(header, now)
+        if kind == envelope_pb2.ENVELOPE_KIND_REPLY:
+            return self._on_reply(opened, now)
+        needs_dedupe = (
+            header.mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED
+            or kind == envelope_pb2.ENVELOPE_KIND_REQUEST
+        )
+        actions: list[Action] = []
+        if needs_dedupe:
+            try:
+                self.dedupe.accept(header.message_id, header.created_ms, now_ms)
+            except Replayed:
+                self.stats["duplicates"] += 1
+                if kind == envelope_pb2.ENVELOPE_KIND_REQUEST:
+                    cached = self._replies.get(header.message_id)
+                    if cached is not None:
+                        return self._send_envelope(cached, header.reply_to or header.source, now)
+                    return []
+                return self._ack(header, now)  # the first ack may have been lost
+            except MeshError as exc:
+                return [self._reject(peer, exc, "delivery")]
+            actions.append(Remember(message_id=header.message_id, created_ms=header.created_ms))
         self.stats["delivered"] += 1
-        return [Deliver(message=opened)]
+        actions.append(Deliver(message=opened))
+        if (
+            header.mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED
+            and kind == envelope_pb2.ENVELOPE_KIND_DATA
+        ):
+            actions += self._ack(header, now)
+        return actions
+
+    def _ack(self, header: EnvelopeHeader, now: float) -> list[Action]:
+        to = header.reply_to or header.source
+        ack = Header(
+            message_id=self._random_bytes(16),
+            source=self.node_id,
+            destination_kind=envelope_pb2.DESTINATION_KIND_NODE,
+            destination=to,
+            recipient=to,
+            mode=envelope_pb2.DELIVERY_MODE_ASYNC,
+            kind=envelope_pb2.ENVELOPE_KIND_ACK,
+            created_ms=int(now * 1000),
+            correlation_id=header.message_id,
+        )
+        try:
+            envelope = self.sealer.seal(ack, _EMPTY_BODY, ttl=self.config.default_ttl)
+        except MeshError as exc:
+            return [self._reject("", exc, "ack")]
+        self.stats["acks_sent"] += 1
+        return self._send_envelope(envelope, to, now)
+
+    def _on_end_to_end_ack(self, header: EnvelopeHeader, now: float) -> list[Action]:
+        pending = self._pending.get(header.correlation_id)
+        if pending is None or pending.request or pending.recipient != header.source:
+            self.stats["acks_unmatched"] += 1
+            return []
+        del self._pending[header.correlation_id]
+        self.stats["acked"] += 1
+        if pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE:
+            self.balancer.finished(
+                pending.destination, header.source, now, now - pending.attempt_at, ok=True
+            )
+        return [
+            Forget(message_id=pending.message_id),
+            Acked(message_id=pending.message_id, latency_s=now - pending.started_at),
+        ]
+
+    def _on_reply(self, opened: OpenedMessage, now: float) -> list[Action]:
+        header = opened.header
+        pending = self._pending.get(header.correlation_id)
+        if pending is None or not pending.request:
+            self.stats["replies_unmatched"] += 1
+            return []
+        del self._pending[header.correlation_id]
+        self.stats["replied"] += 1
+        if pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE:
+            healthy = _status(header.status) not in _INSTANCE_FAILURES
+            self.balancer.finished(
+                pending.destination, header.source, now, now - pending.attempt_at, ok=healthy
+            )
+        return [
+            Replied(message_id=pending.message_id, reply=opened, latency_s=now - pending.started_at)
+        ]
+
+    def _resolve(
+        self,
+        destination: str,
+        kind: envelope_pb2.DestinationKind,
+        now: float,
+        exclude: frozenset[str] = frozenset(),
+    ) -> str:
+        """The node a message for ``destination`` is sealed to."""
+        if kind != envelope_pb2.DESTINATION_KIND_SERVICE:
+            return destination
+        instances = [
+            i
+            for i in self.services().get(destination, ())
+            if i.node == self.node_id or self.table.next_hops(i.node)
+        ]
+        costs = {i.node: self.table.cost(i.node) or 0 for i in instances}
+        node = self.balancer.choose(destination, instances, now, costs=costs, exclude=exclude)
+        if node is None:
+            if exclude and instances:  # every instance was tried: try them again
+                node = self.balancer.choose(destination, instances, now, costs=costs)
+            if node is None:
+                raise NoRoute(f"no reachable instance of service {destination!r}")
+        return node
+
+    def _subscribers(self, subject: str) -> dict[str, list[str]]:
+        """Node -> queue groups it is chosen for, for one message on ``subject``."""
+        targets: dict[str, list[str]] = {}
+        groups: dict[str, set[str]] = {}
+        for advertised, nodes in self.subjects().items():
+            pattern, queue = parse_offer(advertised)
+            if not matches(pattern, subject):
+                continue
+            if queue is None:
+                for node in nodes:
+                    targets.setdefault(node, [])
+            else:
+                groups.setdefault(advertised, set()).update(nodes)
+        for advertised, group in sorted(groups.items()):
+            members = [ServiceInstance(node=n, weight=1) for n in group]
+            chosen = self.balancer.choose(f"queue:{advertised}", members, 0.0)
+            if chosen is not None:
+                targets.setdefault(chosen, []).append(advertised)
+        return targets
+
+    def _submit_copy(
+        self,
+        message_id: bytes,
+        subject: str,
+        node: str,
+        *,
+        groups: list[str],
+        body: EncodedBody,
+        now: float,
+        mode: envelope_pb2.DeliveryMode,
+        deadline_ms: int,
+    ) -> tuple[bytes, list[Action]]:
+        acknowledged = mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED
+        if not acknowledged and node != self.node_id and not self.table.next_hops(node):
+            raise NoRoute(f"no route to subscriber {node!r}")
+        if acknowledged and not deadline_ms:
+            deadline_ms = int(now * 1000) + self.config.delivery.default_timeout_ms
+        envelope = self._seal(
+            message_id,
+            subject,
+            envelope_pb2.DESTINATION_KIND_SUBJECT,
+            node,
+            body=body,
+            now=now,
+            mode=mode,
+            deadline_ms=deadline_ms,
+            queue_groups=tuple(groups),
+        )
+        actions: list[Action] = []
+        if acknowledged:
+            pending = _Pending(
+                message_id=message_id,
+                request=False,
+                destination=subject,
+                destination_kind=envelope_pb2.DESTINATION_KIND_SUBJECT,
+                body=None,  # a copy is resent as sealed, never re-targeted
+                deadline_ms=deadline_ms,
+                started_at=now,
+            )
+            pending.recipient = node
+            pending.envelope = envelope
+            self._pending[message_id] = pending
+            actions.append(self._persist(pending, now))
+            self._arm(pending, now + self._backoff(0))
+        return message_id, actions + self._send_envelope(envelope, node, now)
+
+    def _seal(
+        self,
+        message_id: bytes,
+        destination: str,
+        destination_kind: envelope_pb2.DestinationKind,
+        recipient: str,
+        *,
+        body: EncodedBody,
+        now: float,
+        mode: envelope_pb2.DeliveryMode,
+        deadline_ms: int,
+        kind: envelope_pb2.EnvelopeKind = envelope_pb2.ENVELOPE_KIND_DATA,
+        queue_groups: tuple[str, ...] = (),
+    ) -> Envelope:
+        header = Header(
+            message_id=message_id,
+            source=self.node_id,
+            destination_kind=destination_kind,
+            destination=destination,
+            recipient=recipient,
+            mode=mode,
+            kind=kind,
+            created_ms=int(now * 1000),
+            deadline_ms=deadline_ms,
+            queue_groups=queue_groups,
+        )
+        envelope = self.sealer.seal(header, body, ttl=self.config.default_ttl)
+        self.stats["sealed"] += 1
+        return envelope
+
+    def _send_envelope(self, envelope: Envelope, recipient: str, now: float) -> list[Action]:
+        """Deliver locally or hand to the next hop; no route drops (and counts)."""
+        if recipient == self.node_id:
+            return self._deliver_local("", envelope, now)
+        hop = self._next_hop(recipient)
+        if hop is None:
+            self.stats["dropped_no_route"] += 1
+            return []
+        return [self._batch(hop, [envelope])]
+
+    def _attempt(self, pending: _Pending, target: str, now: float) -> list[Action]:
+        """Seal and send one attempt of a request to ``target``."""
+        assert pending.body is not None
+        envelope = self._seal(
+            pending.message_id,
+            pending.destination,
+            pending.destination_kind,
+            target,
+            body=pending.body,
+            now=now,
+            mode=envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED,
+            deadline_ms=pending.deadline_ms,
+            kind=envelope_pb2.ENVELOPE_KIND_REQUEST,
+        )
+        pending.recipient = target
+        pending.envelope = envelope
+        pending.attempts += 1
+        pending.attempt_at = now
+        pending.tried.add(target)
+        if pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE:
+            self.balancer.started(pending.destination, target)
+        attempt_end = now + self.config.delivery.request_attempt_s
+        self._arm(pending, min(attempt_end, pending.deadline_ms / 1000))
+        return self._send_envelope(envelope, target, now)
+
+    def _persist(self, pending: _Pending, now: float) -> Persist:
+        assert pending.envelope is not None
+        return Persist(
+            message_id=pending.message_id,
+            recipient=pending.recipient,
+            envelope=pending.envelope,
+            created_ms=int(pending.started_at * 1000),
+            deadline_ms=pending.deadline_ms,
+        )
+
+    def _backoff(self, attempt: int) -> float:
+        """Retry delay after ``attempt`` tries: exponential, capped, with +-50% jitter."""
+        delivery = self.config.delivery
+        base = min(delivery.retry_max_s, delivery.retry_initial_s * 2.0 ** min(attempt, 30))
+        return base * (0.5 + self._rng.random())
+
+    def _arm(self, pending: _Pending, at: float) -> None:
+        # Never later than the deadline, so Failed is reported on time.
+        at = min(at, pending.deadline_ms / 1000)
+        pending.next_at = at
+        heapq.heappush(self._timers, (at, next(self._timer_seq), pending.message_id))
+
+    def _run_delivery_timers(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            at, _, message_id = heapq.heappop(timers)
+            pending = self._pending.get(message_id)
+            if pending is None or pending.next_at != at:
+                continue  # answered, or re-armed since
+            # The same float expression _arm uses: a timer armed at the deadline fails.
+            if now >= pending.deadline_ms / 1000:
+                actions += self._give_up(pending, now, Status.DEADLINE_EXCEEDED)
+            elif pending.request:
+                actions += self._retry_request(pending, now)
+            else:
+                actions += self._retry_send(pending, now)
+        return actions
+
+    def _give_up(self, pending: _Pending, now: float, status: Status) -> list[Action]:
+        del self._pending[pending.message_id]
+        self.stats["failed_deadline" if status == Status.DEADLINE_EXCEEDED else "failed"] += 1
+        if pending.request and pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE:
+            self.balancer.finished(
+                pending.destination, pending.recipient, now, now - pending.attempt_at, ok=False
+            )
+        what = "reply" if pending.request else "ack"
+        reason = (
+            f"no {what} from {pending.recipient!r} for message {pending.message_id.hex()} "
+            f"to {pending.destination!r} before its deadline ({pending.attempts} attempts)"
+        )
+        actions: list[Action] = [
+            Failed(message_id=pending.message_id, status=status, reason=reason)
+        ]
+        if not pending.request:
+            actions.append(Forget(message_id=pending.message_id))
+        return actions
+
+    def _retry_request(self, pending: _Pending, now: float) -> list[Action]:
+        """The attempt timed out: eject that instance, retry elsewhere within budget."""
+        if pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE:
+            self.balancer.finished(
+                pending.destination, pending.recipient, now, now - pending.attempt_at, ok=False
+            )
+        if not self._budget.withdraw():
+            self.stats["retries_over_budget"] += 1
+            self._arm(pending, pending.deadline_ms / 1000)
+            return []
+        try:
+            target = self._resolve(
+                pending.destination, pending.destination_kind, now, frozenset(pending.tried)
+            )
+        except NoRoute:
+            self._arm(pending, pending.deadline_ms / 1000)
+            return []
+        self.stats["retries"] += 1
+        return self._attempt(pending, target, now)
+
+    def _retry_send(self, pending: _Pending, now: float) -> list[Action]:
+        """No ack yet: resend (re-targeting a service message whose instance is gone)."""
+        actions: list[Action] = []
+        pending.attempts += 1
+        self._arm(pending, now + self._backoff(pending.attempts))
+        reachable = pending.recipient == self.node_id or self.table.next_hops(pending.recipient)
+        if (
+            not reachable
+            and pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE
+            and pending.body is not None
+        ):
+            try:
+                target = self._resolve(pending.destination, pending.destination_kind, now)
+            except NoRoute:
+                return actions
+            pending.recipient = target
+            pending.envelope = self._seal(
+                pending.message_id,
+                pending.destination,
+                pending.destination_kind,
+                target,
+                body=pending.body,
+                now=now,
+                mode=envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED,
+                deadline_ms=pending.deadline_ms,
+            )
+            actions.append(self._persist(pending, now))
+        assert pending.envelope is not None
+        self.stats["retransmits"] += 1
+        resend = Envelope()
+        resend.CopyFrom(pending.envelope)  # forwarders decrement ttl on their copy
+        return actions + self._send_envelope(resend, pending.recipient, now)
 
     def _next_hop(self, destination: str) -> str | None:
         """A next hop to ``destination``; equal-cost next hops are used in turn."""
@@ -715,6 +1329,7 @@ __all__ = [
     "ENGINE_NAMES",
     "PROTOCOL_VERSION",
     "CoreConfig",
+    "DeliveryConfig",
     "LinkPhase",
     "NodeCore",
     "PeerInfo",

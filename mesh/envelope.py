@@ -109,6 +109,8 @@ class Header:
     """Message id an ACK or REPLY answers."""
     status: int = 0
     """gRPC status code of a REPLY."""
+    queue_groups: tuple[str, ...] = ()
+    """Pub/sub: the queue groups this copy serves at the recipient."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -328,6 +330,7 @@ class Sealer:
                     nonce=nonce,
                     correlation_id=header.correlation_id,
                     status=header.status,
+                    queue_groups=header.queue_groups,
                 ).SerializeToString()
             )
         except ValueError as exc:  # a negative time or status, an out-of-range enum

@@ -183,6 +183,12 @@ class LinkRefused(RemoteError):
     status = Status.FAILED_PRECONDITION
 
 
+class TooManyPending(LocalError):
+    """Too many acknowledged messages or requests are awaiting an answer; slow down."""
+
+    status = Status.RESOURCE_EXHAUSTED
+
+
 __all__ = [
     "AuthenticationFailed",
     "BodyTooLarge",
@@ -204,6 +210,7 @@ __all__ = [
     "Replayed",
     "Status",
     "TooLarge",
+    "TooManyPending",
     "UnknownRecipient",
     "UnknownSender",
     "UnsupportedVersion",

@@ -14,13 +14,26 @@ import heapq
 import itertools
 import random
 from collections import Counter
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 
-from mesh.actions import Action, CloseLink, Deliver, Rejected, SendFrame, Wake
+from mesh.actions import (
+    Acked,
+    Action,
+    CloseLink,
+    Deliver,
+    Failed,
+    Forget,
+    Persist,
+    Rejected,
+    Remember,
+    Replied,
+    SendFrame,
+    Wake,
+)
 from mesh.codec import EncodedBody
 from mesh.core import CoreConfig, NodeCore
 from mesh.crypto import NodeIdentity
@@ -28,7 +41,10 @@ from mesh.envelope import OpenedMessage
 from mesh.errors import InvalidArgument
 from mesh.routing.table import RoutingTable
 from mesh.sim.truth import expected_tables
-from mesh.v1 import peer_pb2
+from mesh.v1 import envelope_pb2, peer_pb2
+
+Handler = Callable[[OpenedMessage], EncodedBody]
+"""A simulated service instance: the reply body for a request."""
 
 EPOCH = 1_800_000_000.0
 """Virtual time starts here (Unix seconds), so envelope timestamps look real."""
@@ -83,6 +99,13 @@ class CoreNetwork:
         self.delivered: dict[str, list[OpenedMessage]] = {}
         self.closed: list[tuple[str, CloseLink]] = []
         self.rejected: list[tuple[str, Rejected]] = []
+        self.acked: dict[str, list[Acked]] = {}
+        self.replied: dict[str, list[Replied]] = {}
+        self.failed: dict[str, list[Failed]] = {}
+        # What survives a crash: each node's durable outbox and dedupe window.
+        self.outbox: dict[str, dict[bytes, Persist]] = {}
+        self.seen: dict[str, dict[bytes, int]] = {}
+        self.handlers: dict[str, Handler] = {}
         self._identities = dict(identities or {})
         self.cores: dict[str, NodeCore] = {}
         self._events: list[tuple[float, int, str, Any]] = []
@@ -109,7 +132,10 @@ class CoreNetwork:
             identity = NodeIdentity.generate(node)
             self._identities[node] = identity
         self.cores[node] = NodeCore(identity, self.config, random_bytes=self.random.randbytes)
-        self.delivered.setdefault(node, [])
+        for store in (self.delivered, self.acked, self.replied, self.failed):
+            store.setdefault(node, [])
+        self.outbox.setdefault(node, {})
+        self.seen.setdefault(node, {})
 
     def _cost(self, a: str, b: str) -> int:
         return int(self.graph.edges[a, b].get("cost", 1))
@@ -178,6 +204,10 @@ class CoreNetwork:
                 if other != node:
                     core.keyring.add_peer(self._identities[node].public)
                     self.cores[node].keyring.add_peer(self._identities[other].public)
+        core = self.cores[node]
+        core.remember_seen(self.seen[node].items(), self.now)
+        entries = [(p.message_id, p.envelope, p.deadline_ms) for p in self.outbox[node].values()]
+        self._apply(node, core.resume(entries, self.now))
         for neighbour, cost in links.items():
             self.graph.add_edge(node, str(neighbour), cost=cost)
             self._open_link(node, str(neighbour))
@@ -252,6 +282,19 @@ class CoreNetwork:
                 self._schedule_wake(node, action.at)
             elif isinstance(action, Deliver):
                 self.delivered[node].append(action.message)
+                self._maybe_answer(node, action.message)
+            elif isinstance(action, Persist):
+                self.outbox[node][action.message_id] = action
+            elif isinstance(action, Forget):
+                self.outbox[node].pop(action.message_id, None)
+            elif isinstance(action, Remember):
+                self.seen[node][action.message_id] = action.created_ms
+            elif isinstance(action, Acked):
+                self.acked[node].append(action)
+            elif isinstance(action, Replied):
+                self.replied[node].append(action)
+            elif isinstance(action, Failed):
+                self.failed[node].append(action)
             elif isinstance(action, CloseLink):
                 self.closed.append((node, action))
                 self._close(node, action.peer)
@@ -259,6 +302,26 @@ class CoreNetwork:
                 self.rejected.append((node, action))
             else:  # pragma: no cover - the action union is closed
                 raise InvalidArgument(f"unknown action {action!r}")
+
+    def serve(self, node: Hashable, service: str, handler: Handler, weight: int = 1) -> None:
+        """Attach a service instance to ``node`` and advertise it."""
+        name = str(node)
+        self.handlers[name] = handler
+        core = self.cores[name]
+        self._apply(name, core.set_offers({service: weight}, [], self.now))
+
+    def request(self, source: Hashable, service: str, body: EncodedBody, **options: Any) -> bytes:
+        """Send a request from ``source``; the answer lands in ``replied`` or ``failed``."""
+        node = str(source)
+        message_id, actions = self.cores[node].request(service, body, self.now, **options)
+        self._apply(node, actions)
+        return message_id
+
+    def _maybe_answer(self, node: str, message: OpenedMessage) -> None:
+        handler = self.handlers.get(node)
+        if handler is None or message.header.kind != envelope_pb2.ENVELOPE_KIND_REQUEST:
+            return
+        self._apply(node, self.cores[node].reply(message.header, handler(message), self.now))
 
     def _transmit(self, src: str, dst: str, frame: peer_pb2.Frame) -> None:
         kind = frame.WhichOneof("body") or "empty"

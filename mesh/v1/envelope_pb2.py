@@ -24,27 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mesh/v1/envelope.proto\x12\x07mesh.v1\"\xe7\x03\n\x0e\x45nvelopeHeader\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x32\n\x10\x64\x65stination_kind\x18\x03 \x01(\x0e\x32\x18.mesh.v1.DestinationKind\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\x12\x11\n\trecipient\x18\x05 \x01(\t\x12#\n\x04mode\x18\x06 \x01(\x0e\x32\x15.mesh.v1.DeliveryMode\x12#\n\x04kind\x18\x07 \x01(\x0e\x32\x15.mesh.v1.EnvelopeKind\x12\x12\n\ncreated_ms\x18\x08 \x01(\x04\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\t \x01(\x04\x12*\n\x0c\x63ontent_type\x18\n \x01(\x0e\x32\x14.mesh.v1.ContentType\x12\x11\n\tbody_type\x18\x0b \x01(\t\x12)\n\x0b\x63ompression\x18\x0c \x01(\x0e\x32\x14.mesh.v1.Compression\x12\x1f\n\x06\x63ipher\x18\r \x01(\x0e\x32\x0f.mesh.v1.Cipher\x12\x0e\n\x06key_id\x18\x0e \x01(\x0c\x12\r\n\x05nonce\x18\x0f \x01(\x0c\x12\x10\n\x08reply_to\x18\x10 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x11 \x01(\x0c\x12\x0e\n\x06status\x18\x12 \x01(\r\"{\n\x08\x45nvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06header\x18\x02 \x01(\x0c\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x04 \x01(\x0c\x12\x0b\n\x03ttl\x18\x05 \x01(\r\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\r\n\x05trace\x18\x07 \x03(\t*\x8a\x01\n\x0f\x44\x65stinationKind\x12 \n\x1c\x44\x45STINATION_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45STINATION_KIND_NODE\x10\x01\x12\x1c\n\x18\x44\x45STINATION_KIND_SERVICE\x10\x02\x12\x1c\n\x18\x44\x45STINATION_KIND_SUBJECT\x10\x03*f\n\x0c\x44\x65liveryMode\x12\x1d\n\x19\x44\x45LIVERY_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x45LIVERY_MODE_ASYNC\x10\x01\x12\x1e\n\x1a\x44\x45LIVERY_MODE_ACKNOWLEDGED\x10\x02*u\n\x0c\x45nvelopeKind\x12\x1d\n\x19\x45NVELOPE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NVELOPE_KIND_DATA\x10\x01\x12\x15\n\x11\x45NVELOPE_KIND_ACK\x10\x02\x12\x17\n\x13\x45NVELOPE_KIND_REPLY\x10\x03*s\n\x0b\x43ontentType\x12\x1c\n\x18\x43ONTENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43ONTENT_TYPE_RAW\x10\x01\x12\x15\n\x11\x43ONTENT_TYPE_JSON\x10\x02\x12\x19\n\x15\x43ONTENT_TYPE_PROTOBUF\x10\x03*O\n\x0b\x43ompression\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x00\x12\x14\n\x10\x43OMPRESSION_ZLIB\x10\x01\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x02*V\n\x06\x43ipher\x12\x16\n\x12\x43IPHER_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43IPHER_AES_256_GCM\x10\x01\x12\x1c\n\x18\x43IPHER_CHACHA20_POLY1305\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mesh/v1/envelope.proto\x12\x07mesh.v1\"\xfd\x03\n\x0e\x45nvelopeHeader\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x32\n\x10\x64\x65stination_kind\x18\x03 \x01(\x0e\x32\x18.mesh.v1.DestinationKind\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\x12\x11\n\trecipient\x18\x05 \x01(\t\x12#\n\x04mode\x18\x06 \x01(\x0e\x32\x15.mesh.v1.DeliveryMode\x12#\n\x04kind\x18\x07 \x01(\x0e\x32\x15.mesh.v1.EnvelopeKind\x12\x12\n\ncreated_ms\x18\x08 \x01(\x04\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\t \x01(\x04\x12*\n\x0c\x63ontent_type\x18\n \x01(\x0e\x32\x14.mesh.v1.ContentType\x12\x11\n\tbody_type\x18\x0b \x01(\t\x12)\n\x0b\x63ompression\x18\x0c \x01(\x0e\x32\x14.mesh.v1.Compression\x12\x1f\n\x06\x63ipher\x18\r \x01(\x0e\x32\x0f.mesh.v1.Cipher\x12\x0e\n\x06key_id\x18\x0e \x01(\x0c\x12\r\n\x05nonce\x18\x0f \x01(\x0c\x12\x10\n\x08reply_to\x18\x10 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x11 \x01(\x0c\x12\x0e\n\x06status\x18\x12 \x01(\r\x12\x14\n\x0cqueue_groups\x18\x13 \x03(\t\"{\n\x08\x45nvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06header\x18\x02 \x01(\x0c\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x04 \x01(\x0c\x12\x0b\n\x03ttl\x18\x05 \x01(\r\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\r\n\x05trace\x18\x07 \x03(\t*\x8a\x01\n\x0f\x44\x65stinationKind\x12 \n\x1c\x44\x45STINATION_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45STINATION_KIND_NODE\x10\x01\x12\x1c\n\x18\x44\x45STINATION_KIND_SERVICE\x10\x02\x12\x1c\n\x18\x44\x45STINATION_KIND_SUBJECT\x10\x03*f\n\x0c\x44\x65liveryMode\x12\x1d\n\x19\x44\x45LIVERY_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x45LIVERY_MODE_ASYNC\x10\x01\x12\x1e\n\x1a\x44\x45LIVERY_MODE_ACKNOWLEDGED\x10\x02*\x90\x01\n\x0c\x45nvelopeKind\x12\x1d\n\x19\x45NVELOPE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NVELOPE_KIND_DATA\x10\x01\x12\x15\n\x11\x45NVELOPE_KIND_ACK\x10\x02\x12\x17\n\x13\x45NVELOPE_KIND_REPLY\x10\x03\x12\x19\n\x15\x45NVELOPE_KIND_REQUEST\x10\x04*s\n\x0b\x43ontentType\x12\x1c\n\x18\x43ONTENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43ONTENT_TYPE_RAW\x10\x01\x12\x15\n\x11\x43ONTENT_TYPE_JSON\x10\x02\x12\x19\n\x15\x43ONTENT_TYPE_PROTOBUF\x10\x03*O\n\x0b\x43ompression\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x00\x12\x14\n\x10\x43OMPRESSION_ZLIB\x10\x01\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x02*V\n\x06\x43ipher\x12\x16\n\x12\x43IPHER_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43IPHER_AES_256_GCM\x10\x01\x12\x1c\n\x18\x43IPHER_CHACHA20_POLY1305\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DESTINATIONKIND']._serialized_start=651
-  _globals['_DESTINATIONKIND']._serialized_end=789
-  _globals['_DELIVERYMODE']._serialized_start=791
-  _globals['_DELIVERYMODE']._serialized_end=893
-  _globals['_ENVELOPEKIND']._serialized_start=895
-  _globals['_ENVELOPEKIND']._serialized_end=1012
-  _globals['_CONTENTTYPE']._serialized_start=1014
-  _globals['_CONTENTTYPE']._serialized_end=1129
-  _globals['_COMPRESSION']._serialized_start=1131
-  _globals['_COMPRESSION']._serialized_end=1210
-  _globals['_CIPHER']._serialized_start=1212
-  _globals['_CIPHER']._serialized_end=1298
+  _globals['_DESTINATIONKIND']._serialized_start=673
+  _globals['_DESTINATIONKIND']._serialized_end=811
+  _globals['_DELIVERYMODE']._serialized_start=813
+  _globals['_DELIVERYMODE']._serialized_end=915
+  _globals['_ENVELOPEKIND']._serialized_start=918
+  _globals['_ENVELOPEKIND']._serialized_end=1062
+  _globals['_CONTENTTYPE']._serialized_start=1064
+  _globals['_CONTENTTYPE']._serialized_end=1179
+  _globals['_COMPRESSION']._serialized_start=1181
+  _globals['_COMPRESSION']._serialized_end=1260
+  _globals['_CIPHER']._serialized_start=1262
+  _globals['_CIPHER']._serialized_end=1348
   _globals['_ENVELOPEHEADER']._serialized_start=36
-  _globals['_ENVELOPEHEADER']._serialized_end=523
-  _globals['_ENVELOPE']._serialized_start=525
-  _globals['_ENVELOPE']._serialized_end=648
+  _globals['_ENVELOPEHEADER']._serialized_end=545
+  _globals['_ENVELOPE']._serialized_start=547
+  _globals['_ENVELOPE']._serialized_end=670
 # @@protoc_insertion_point(module_scope)

@@ -26,6 +26,7 @@ class EnvelopeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENVELOPE_KIND_DATA: _ClassVar[EnvelopeKind]
     ENVELOPE_KIND_ACK: _ClassVar[EnvelopeKind]
     ENVELOPE_KIND_REPLY: _ClassVar[EnvelopeKind]
+    ENVELOPE_KIND_REQUEST: _ClassVar[EnvelopeKind]
 
 class ContentType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,6 +57,7 @@ ENVELOPE_KIND_UNSPECIFIED: EnvelopeKind
 ENVELOPE_KIND_DATA: EnvelopeKind
 ENVELOPE_KIND_ACK: EnvelopeKind
 ENVELOPE_KIND_REPLY: EnvelopeKind
+ENVELOPE_KIND_REQUEST: EnvelopeKind
 CONTENT_TYPE_UNSPECIFIED: ContentType
 CONTENT_TYPE_RAW: ContentType
 CONTENT_TYPE_JSON: ContentType
@@ -68,7 +70,7 @@ CIPHER_AES_256_GCM: Cipher
 CIPHER_CHACHA20_POLY1305: Cipher
 
 class EnvelopeHeader(_message.Message):
-    __slots__ = ("message_id", "source", "destination_kind", "destination", "recipient", "mode", "kind", "created_ms", "deadline_ms", "content_type", "body_type", "compression", "cipher", "key_id", "nonce", "reply_to", "correlation_id", "status")
+    __slots__ = ("message_id", "source", "destination_kind", "destination", "recipient", "mode", "kind", "created_ms", "deadline_ms", "content_type", "body_type", "compression", "cipher", "key_id", "nonce", "reply_to", "correlation_id", "status", "queue_groups")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +89,7 @@ class EnvelopeHeader(_message.Message):
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_GROUPS_FIELD_NUMBER: _ClassVar[int]
     message_id: bytes
     source: str
     destination_kind: DestinationKind
@@ -105,7 +108,8 @@ class EnvelopeHeader(_message.Message):
     reply_to: str
     correlation_id: bytes
     status: int
-    def __init__(self, message_id: _Optional[bytes] = ..., source: _Optional[str] = ..., destination_kind: _Optional[_Union[DestinationKind, str]] = ..., destination: _Optional[str] = ..., recipient: _Optional[str] = ..., mode: _Optional[_Union[DeliveryMode, str]] = ..., kind: _Optional[_Union[EnvelopeKind, str]] = ..., created_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., content_type: _Optional[_Union[ContentType, str]] = ..., body_type: _Optional[str] = ..., compression: _Optional[_Union[Compression, str]] = ..., cipher: _Optional[_Union[Cipher, str]] = ..., key_id: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., reply_to: _Optional[str] = ..., correlation_id: _Optional[bytes] = ..., status: _Optional[int] = ...) -> None: ...
+    queue_groups: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, message_id: _Optional[bytes] = ..., source: _Optional[str] = ..., destination_kind: _Optional[_Union[DestinationKind, str]] = ..., destination: _Optional[str] = ..., recipient: _Optional[str] = ..., mode: _Optional[_Union[DeliveryMode, str]] = ..., kind: _Optional[_Union[EnvelopeKind, str]] = ..., created_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., content_type: _Optional[_Union[ContentType, str]] = ..., body_type: _Optional[str] = ..., compression: _Optional[_Union[Compression, str]] = ..., cipher: _Optional[_Union[Cipher, str]] = ..., key_id: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., reply_to: _Optional[str] = ..., correlation_id: _Optional[bytes] = ..., status: _Optional[int] = ..., queue_groups: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("version", "header", "payload", "digest", "ttl", "signature", "trace")

@@ -1,0 +1,253 @@
+"""Acknowledged delivery, request/reply, balancing and pub/sub through real cores."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import networkx as nx
+import pytest
+
+from mesh.codec import ContentType, EncodedBody, encode_body
+from mesh.core import CoreConfig, DeliveryConfig
+from mesh.errors import NoRoute, Status
+from mesh.sim import CoreNetwork
+from mesh.v1 import envelope_pb2
+from tests.unit.test_core import ENGINES
+
+ACK = envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED
+SERVICE = envelope_pb2.DESTINATION_KIND_SERVICE
+
+
+def config(**delivery: object) -> CoreConfig:
+    return CoreConfig(mesh_id="test", delivery=DeliveryConfig(**delivery))  # type: ignore[arg-type]
+
+
+def body(n: int) -> EncodedBody:
+    return encode_body({"n": n})
+
+
+def echo(node: str):
+    return lambda message: EncodedBody(
+        data=node.encode() + b":" + message.body.data, content_type=ContentType.RAW
+    )
+
+
+def delivered_ids(net: CoreNetwork, node: str) -> Counter[bytes]:
+    return Counter(m.header.message_id for m in net.delivered[node])
+
+
+def test_acknowledged_messages_are_acked_and_leave_the_outbox() -> None:
+    net = CoreNetwork(nx.path_graph(["a", "b", "c"]), config())
+    net.run_until_converged()
+    ids = [net.send("a", "c", body(n), mode=ACK) for n in range(20)]
+    assert len(net.outbox["a"]) == 20  # persisted before anything was acked
+    net.advance(0.5)
+    assert {a.message_id for a in net.acked["a"]} == set(ids)
+    assert delivered_ids(net, "c") == Counter(ids)
+    assert net.outbox["a"] == {}
+    assert set(net.seen["c"]) == set(ids)
+
+
+def test_a_lost_ack_means_a_retransmit_and_still_one_delivery() -> None:
+    net = CoreNetwork(nx.path_graph(["a", "b"]), config(retry_initial_s=0.05))
+    net.run_until_converged()
+    core_b = net.cores["b"]
+    message_id = net.send("a", "b", body(1), mode=ACK)
+    # Drop everything b sends for a moment: the ack is lost, a retransmits.
+    original = core_b._send_envelope
+    core_b._send_envelope = lambda *args, **kwargs: []  # type: ignore[method-assign]
+    net.advance(0.02)
+    core_b._send_envelope = original  # type: ignore[method-assign]
+    net.advance(1.0)
+    assert delivered_ids(net, "b") == Counter([message_id])
+    assert core_b.stats["duplicates"] >= 1
+    assert [a.message_id for a in net.acked["a"]] == [message_id]
+
+
+@pytest.mark.parametrize("engine", ["link-state", "distance-vector"])
+def test_a_middle_node_crash_loses_nothing_and_duplicates_nothing(engine: str) -> None:
+    ring = nx.cycle_graph(["a", "b", "c", "d", "e", "f"])
+    net = CoreNetwork(
+        ring, CoreConfig(mesh_id="t", engine=ENGINES[engine], delivery=DeliveryConfig())
+    )
+    net.run_until_converged()
+    ids = []
+    for n in range(300):
+        ids.append(net.send("a", "d", body(n), mode=ACK))
+        if n == 100:
+            net.remove_node("b")
+        if n == 200:
+            net.add_node("b", {"a": 1, "c": 1})
+        net.advance(0.01)
+    net.advance(15)
+    assert delivered_ids(net, "d") == Counter(ids)  # every one, exactly once
+    assert len(net.acked["a"]) == 300 and not net.failed["a"]
+    assert net.outbox["a"] == {}
+
+
+def test_the_sender_crashing_resumes_its_outbox() -> None:
+    net = CoreNetwork(nx.path_graph(["a", "b", "c"]), config())
+    net.run_until_converged()
+    net.cut("b", "c")  # nothing can be delivered yet
+    ids = [net.send("a", "c", body(n), mode=ACK) for n in range(50)]
+    net.advance(0.3)
+    net.remove_node("a")  # kill -9: only the outbox survives
+    net.heal("b", "c")
+    net.add_node("a", {"b": 1})
+    net.advance(10)
+    assert delivered_ids(net, "c") == Counter(ids)
+    assert net.outbox["a"] == {}
+
+
+def test_past_the_deadline_the_sender_is_told_and_the_outbox_forgets() -> None:
+    net = CoreNetwork(nx.path_graph(["a", "b", "c"]), config(default_timeout_ms=2_000))
+    net.run_until_converged()
+    net.cut("b", "c")
+    message_id = net.send("a", "c", body(1), mode=ACK)
+    net.advance(3.0)
+    (failed,) = net.failed["a"]
+    assert failed.message_id == message_id and failed.status == Status.DEADLINE_EXCEEDED
+    assert "deadline" in failed.reason
+    assert net.outbox["a"] == {}
+
+
+def served(weights: dict[str, int], **delivery: object) -> CoreNetwork:
+    star = nx.star_graph(["client", *weights])
+    net = CoreNetwork(star, config(**delivery))
+    for node, weight in weights.items():
+        net.serve(node, "echo", echo(node), weight=weight)
+    net.run_until_converged()
+    net.advance(0.2)
+    return net
+
+
+def answered_by(net: CoreNetwork) -> Counter[str]:
+    return Counter(r.reply.body.data.split(b":")[0].decode() for r in net.replied["client"])
+
+
+def test_round_robin_is_exact() -> None:
+    net = served({"s1": 1, "s2": 1, "s3": 1})
+    for n in range(300):
+        net.request("client", "echo", body(n))
+    net.advance(1.0)
+    assert answered_by(net) == {"s1": 100, "s2": 100, "s3": 100}
+
+
+def test_weighted_balancing_follows_the_weights() -> None:
+    net = served({"s1": 1, "s2": 2, "s3": 3})
+    net.cores["client"].set_policy("echo", "weighted")
+    for n in range(600):
+        net.request("client", "echo", body(n))
+    net.advance(1.0)
+    assert answered_by(net) == {"s1": 100, "s2": 200, "s3": 300}
+
+
+def test_least_outstanding_prefers_the_idle_instance() -> None:
+    net = served({"s1": 1, "s2": 1})
+    net.cores["client"].set_policy("echo", "least-outstanding")
+    net.handlers.pop("s1")  # s1 swallows requests: its outstanding count stays up
+    for n in range(20):
+        net.request("client", "echo", body(n))
+        net.advance(0.02)
+    assert answered_by(net) == {"s2": 19}  # only the very first went to s1
+
+
+def test_latency_aware_balancing_prefers_the_near_instance() -> None:
+    graph = nx.Graph()
+    graph.add_edge("client", "near", delay_s=0.001)
+    graph.add_edge("client", "far", delay_s=0.050)
+    net = CoreNetwork(graph, config())
+    net.serve("near", "echo", echo("near"))
+    net.serve("far", "echo", echo("far"))
+    net.run_until_converged()
+    net.advance(0.5)
+    net.cores["client"].set_policy("echo", "latency")
+    for n in range(200):
+        net.request("client", "echo", body(n))
+        net.advance(0.005)
+    net.advance(1.0)
+    counts = answered_by(net)
+    assert counts["near"] > 3 * counts["far"]
+
+
+def test_an_instance_that_dies_is_ejected_and_its_requests_succeed_elsewhere() -> None:
+    net = served({"s1": 1, "s2": 1, "s3": 1}, request_attempt_s=0.2)
+    net.handlers.pop("s2")  # s2 hangs: it takes requests and never answers
+    ids = [net.request("client", "echo", body(n)) for n in range(30)]
+    net.advance(3.0)
+    assert {r.message_id for r in net.replied["client"]} == set(ids)
+    assert "s2" not in answered_by(net)
+    assert net.cores["client"].stats["retries"] >= 10
+
+
+def test_a_slow_handler_gives_deadline_exceeded_on_time() -> None:
+    net = served({"s1": 1})
+    net.handlers.pop("s1")
+    start = net.now
+    message_id = net.request("client", "echo", body(1), timeout_ms=500)
+    net.advance(0.49)
+    assert not net.failed["client"]
+    net.advance(0.05)
+    (failed,) = net.failed["client"]
+    assert failed.message_id == message_id and failed.status == Status.DEADLINE_EXCEEDED
+    assert net.now - start < 0.55
+
+
+def test_no_instance_is_a_clear_error() -> None:
+    net = CoreNetwork(nx.path_graph(["a", "b"]), config())
+    net.run_until_converged()
+    with pytest.raises(NoRoute, match="no reachable instance of service 'ghost'"):
+        net.request("a", "ghost", body(1))
+
+
+def test_a_request_to_a_local_instance_is_answered_locally() -> None:
+    net = served({"s1": 1})
+    net.serve("client", "echo", echo("client"))
+    net.advance(0.2)
+    for n in range(10):
+        net.request("client", "echo", body(n))
+    net.advance(0.5)
+    assert answered_by(net)["client"] == 5
+
+
+def subscribed(offers: dict[str, list[str]]) -> CoreNetwork:
+    net = CoreNetwork(nx.star_graph(["pub", *offers]), config())
+    for node, subjects in offers.items():
+        net._apply(node, net.cores[node].set_offers({}, subjects, net.now))
+    net.run_until_converged()
+    net.advance(0.2)
+    return net
+
+
+def publish(net: CoreNetwork, subject: str, n: int = 1) -> None:
+    for i in range(n):
+        _, actions = net.cores["pub"].publish(subject, body(i), net.now)
+        net._apply("pub", actions)
+    net.advance(0.2)
+
+
+def test_every_matching_subscriber_gets_each_message_once() -> None:
+    net = subscribed({"s1": ["orders.>"], "s2": ["orders.*.eu"], "s3": ["billing.>"]})
+    publish(net, "orders.42.eu", 3)
+    assert len(net.delivered["s1"]) == 3
+    assert len(net.delivered["s2"]) == 3
+    assert not net.delivered["s3"]
+    publish(net, "orders.42.us")
+    assert len(net.delivered["s1"]) == 4 and len(net.delivered["s2"]) == 3
+
+
+def test_queue_groups_split_the_load() -> None:
+    net = subscribed({"w1": ["jobs.* workers"], "w2": ["jobs.* workers"], "log": ["jobs.*"]})
+    publish(net, "jobs.resize", 10)
+    assert len(net.delivered["w1"]) == 5 and len(net.delivered["w2"]) == 5
+    assert len(net.delivered["log"]) == 10
+    assert all(list(m.header.queue_groups) == ["jobs.* workers"] for m in net.delivered["w1"])
+
+
+def test_a_subscriber_that_leaves_stops_receiving() -> None:
+    net = subscribed({"s1": ["news.>"], "s2": ["news.>"]})
+    publish(net, "news.today")
+    net._apply("s2", net.cores["s2"].set_offers({}, [], net.now))
+    net.advance(0.5)
+    publish(net, "news.tomorrow")
+    assert len(net.delivered["s1"]) == 2 and len(net.delivered["s2"]) == 1

@@ -9,6 +9,7 @@ and this runtime behave the same.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -273,10 +274,8 @@ class NodeRuntime:
                     await asyncio.wait_for(writer, 0.5)
                 except (TimeoutError, asyncio.CancelledError, grpc.aio.AioRpcError):
                     writer.cancel()
-            try:
+            with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 await asyncio.wait_for(link.flush_control(write), 0.5)
-            except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                pass
             if self.links.get(peer) is link:
                 del self.links[peer]
             self.apply(self.core.link_down(peer, self.clock()))

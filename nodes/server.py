@@ -29,7 +29,7 @@ from mesh.envelope import DEFAULT_LIMITS
 from mesh.errors import MeshError, NoRoute
 from mesh.linkcost import CostPolicy
 from mesh.v1 import admin_pb2, admin_pb2_grpc, client_pb2, client_pb2_grpc, envelope_pb2, peer_pb2
-from nodes import logs
+from nodes import logs, pki
 from nodes.config import NodeConfig, load_node_config
 from nodes.links import LinkSettings
 from nodes.metrics import start_metrics
@@ -271,8 +271,6 @@ def build_runtime(config: NodeConfig) -> tuple[NodeRuntime, grpc.ServerCredentia
     if config.tls is None:
         log.warning("running WITHOUT TLS (--insecure): any process can link to this node")
         return NodeRuntime(identity, core_config, options, Transport()), None
-    from nodes import pki  # cryptography's x509 is needed only with TLS
-
     files = pki.node_files(config.tls.ca, config.tls.cert, config.tls.key)
     transport = Transport(
         channel_credentials=pki.channel_credentials(files),

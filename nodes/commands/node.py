@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from mesh.errors import MeshError
+from nodes.server import run_node
 
 console = Console(stderr=True)
 node_app = typer.Typer(no_args_is_help=True, help="Run a node.")
@@ -23,8 +24,6 @@ def run(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the node described by CONFIG until SIGTERM or Ctrl-C."""
-    from nodes.server import run_node  # grpc is imported only by commands that need it
-
     try:
         code = run_node(config, ready_file, log_level)
     except MeshError as exc:

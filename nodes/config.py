@@ -1,0 +1,630 @@
+"""Topology and node configuration files, validated with errors an operator can act on.
+
+Two kinds of YAML file drive the runtime:
+
+- a **topology** (:class:`Topology`, ``deploy/topologies/*.yaml``) describes a
+  whole mesh: nodes, the services and subjects they offer, and weighted links.
+  ``mesh up``, the simulator and the netns testbed all read it;
+- a **node config** (:class:`NodeConfig`) is what one node process runs from
+  (``mesh node run CONFIG``): its id, where it listens, its TLS files, its
+  neighbours' addresses. The launcher writes one per node from a topology with
+  :meth:`NodeConfig.dump`.
+
+Every failure to load either file is one :class:`ConfigError` whose message
+has one line per problem, each naming the file, the field path
+(``links[2].cost``) and what is wrong, so a typo is fixed in one go rather
+than one restart at a time. Unknown fields are refused (``extra="forbid"``),
+with a suggestion when the name is close to a real one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import networkx as nx
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from mesh.errors import LocalError, Status
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+"""Node ids, mesh ids and service names: DNS-label-like, so a node id can be a TLS SAN."""
+
+MAX_COST = 2**24
+"""Largest link cost; keeps path sums far below the routing engines' infinity."""
+
+MAX_SUBJECT_LENGTH = 255
+
+M = TypeVar("M", bound=BaseModel)
+RoutingName = Literal["link-state", "distance-vector"]
+
+
+class ConfigError(LocalError):
+    """A configuration file (or value) is missing, malformed or inconsistent.
+
+    ``problems`` holds one ``(field path, problem)`` pair per problem; the
+    message is one line per problem, each prefixed with the file when known.
+    """
+
+    status = Status.INVALID_ARGUMENT
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | None = None,
+        problems: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.problems = list(problems)
+
+    @classmethod
+    def from_problems(cls, path: Path, problems: Sequence[tuple[str, str]]) -> ConfigError:
+        """One line per problem: ``FILE: FIELD: PROBLEM``."""
+        lines = [f"{path}: {field}: {problem}" for field, problem in problems]
+        return cls("\n".join(lines), path=path, problems=problems)
+
+
+class _Problems(ValueError):
+    """Raised by validators to report problems at field paths below the model.
+
+    pydantic keeps the raised exception in the error's context, so the loader
+    can put each problem at its own path (``links[2].b``) instead of at the model.
+    """
+
+    def __init__(self, problems: Sequence[tuple[tuple[str | int, ...], str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{_field_path(loc)}: {msg}" for loc, msg in self.problems))
+
+
+# --- small value types ------------------------------------------------------------
+
+
+def _check_name(value: str) -> str:
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _check_subject(value: str) -> str:
+    if not value or len(value) > MAX_SUBJECT_LENGTH or any(ch.isspace() for ch in value):
+        raise ValueError(
+            f"{value[:64]!r} is not a valid subject: 1-{MAX_SUBJECT_LENGTH} characters, "
+            "no whitespace"
+        )
+    return value
+
+
+def address(host_port: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (or ``"[v6]:port"``) into host and port.
+
+    Port 0 is accepted (it means "pick a free port" when listening).
+
+    Raises:
+        ConfigError: no port, an empty host, or a port outside 0..65535.
+    """
+    try:
+        return _split_address(host_port)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _split_address(host_port: str) -> tuple[str, int]:
+    host, sep, port_text = host_port.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{host_port!r} is not an address: expected host:port")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) == 2:
+            raise ValueError(f"{host_port!r} is not an address: bad [IPv6] host")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{host_port!r} is not an address: write IPv6 hosts as [addr]:port")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{host_port!r} is not an address: port must be 0..65535")
+    return host, int(port_text)
+
+
+def _check_address(value: str) -> str:
+    _split_address(value)
+    return value
+
+
+def _check_dial_address(value: str) -> str:
+    if _split_address(value)[1] == 0:
+        raise ValueError(f"{value!r}: a neighbour's port cannot be 0")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Subject = Annotated[str, AfterValidator(_check_subject)]
+Address = Annotated[str, AfterValidator(_check_address)]
+DialAddress = Annotated[str, AfterValidator(_check_dial_address)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Cost = Annotated[int, Field(ge=1, le=MAX_COST)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --- shared parts ---------------------------------------------------------------------
+
+
+class ServiceSpec(_Model):
+    """One service a node offers."""
+
+    weight: int = Field(default=1, ge=1, le=1_000_000)
+    """Share of traffic for weighted balancing, relative to other instances."""
+    handler: Literal["echo"] | None = None
+    """A built-in handler the node runs itself (``echo`` answers with the request body)."""
+
+
+class NodeSettings(_Model):
+    """Runtime knobs of one node; a topology's ``settings`` apply to all of its nodes."""
+
+    heartbeat_ms: int = Field(default=200, ge=1)
+    """Interval between heartbeats on each link."""
+    dead_ms: int = Field(default=800, ge=1)
+    """A link with no frame for this long is down; must exceed ``heartbeat_ms``."""
+    batch_max: int = Field(default=64, ge=1, le=65_536)
+    """Most envelopes in one link write."""
+    batch_delay_ms: float = Field(default=1.0, ge=0)
+    """How long a partial batch may wait for company before it is written."""
+    queue_max: int = Field(default=10_000, ge=1)
+    """Bound of each link's send queue; a full queue pushes back on the sender."""
+    reconnect_min_ms: int = Field(default=100, ge=1)
+    """First reconnect delay; doubles (with jitter) up to ``reconnect_max_ms``."""
+    reconnect_max_ms: int = Field(default=5_000, ge=1)
+    cost_mode: Literal["static", "rtt"] = "static"
+    """``static`` uses configured costs; ``rtt`` derives them from measured round trips."""
+    trace: bool = False
+    """Record the hop trace in envelopes (debugging; costs bytes per hop)."""
+
+    @model_validator(mode="after")
+    def _timers_are_consistent(self) -> NodeSettings:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.dead_ms <= self.heartbeat_ms:
+            problems.append(
+                (
+                    ("dead_ms",),
+                    f"must be greater than heartbeat_ms ({self.heartbeat_ms}), got {self.dead_ms}",
+                )
+            )
+        if self.reconnect_max_ms < self.reconnect_min_ms:
+            problems.append(
+                (
+                    ("reconnect_max_ms",),
+                    f"must be at least reconnect_min_ms ({self.reconnect_min_ms}), "
+                    f"got {self.reconnect_max_ms}",
+                )
+            )
+        if problems:
+            raise _Problems(problems)
+        return self
+
+
+# --- topology ------------------------------------------------------------------------------
+
+
+class TopologyNode(_Model):
+    """One node of a topology."""
+
+    port: Port | None = None
+    """Fixed gRPC port; None lets the launcher pick a free one."""
+    services: dict[Name, ServiceSpec] = {}
+    subjects: list[Subject] = []
+
+
+class TopologyLink(_Model):
+    """An undirected link between two declared nodes."""
+
+    a: Name
+    b: Name
+    cost: Cost = 1
+    delay_ms: float = Field(default=0, ge=0)
+    """One-way delay the simulator and the netns testbed add."""
+    loss: float = Field(default=0, ge=0, le=1)
+    """Packet loss probability the simulator and the netns testbed apply."""
+    rate_mbit: float | None = Field(default=None, gt=0)
+    """Bandwidth limit for the netns testbed; None is unlimited."""
+
+
+class Topology(_Model):
+    """A whole mesh: what ``mesh up``, the simulator and the testbed read."""
+
+    mesh: Name
+    routing: RoutingName = "link-state"
+    nodes: dict[Name, TopologyNode] = Field(min_length=1)
+    links: list[TopologyLink] = []
+    settings: NodeSettings = Field(default_factory=NodeSettings)
+    """Applied to every node of the topology."""
+
+    @model_validator(mode="after")
+    def _links_and_ports_are_consistent(self) -> Topology:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        seen: dict[frozenset[str], int] = {}
+        for index, link in enumerate(self.links):
+            for end in ("a", "b"):
+                name = getattr(link, end)
+                if name not in self.nodes:
+                    problems.append(
+                        (("links", index, end), f"{name!r} is not a node declared under nodes")
+                    )
+            if link.a == link.b:
+                problems.append((("links", index), f"links {link.a!r} to itself"))
+                continue
+            pair = frozenset((link.a, link.b))
+            if pair in seen:
+                problems.append(
+                    (
+                        ("links", index),
+                        f"duplicate of links[{seen[pair]}] ({link.a!r} - {link.b!r}; "
+                        "links are undirected)",
+                    )
+                )
+            else:
+                seen[pair] = index
+        ports: dict[int, str] = {}
+        for name, node in self.nodes.items():
+            if node.port is None:
+                continue
+            if node.port in ports:
+                problems.append(
+                    (
+                        ("nodes", name, "port"),
+                        f"port {node.port} is already used by node {ports[node.port]!r}",
+                    )
+                )
+            else:
+                ports[node.port] = name
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    def graph(self) -> nx.Graph:
+        """The topology as an undirected networkx graph.
+
+        Every declared node is present (isolated ones too); each edge carries
+        ``cost``, ``delay_ms``, ``loss`` and ``rate_mbit`` (None = unlimited).
+        """
+        graph = nx.Graph(mesh=self.mesh, routing=self.routing)
+        graph.add_nodes_from(self.nodes)
+        for link in self.links:
+            graph.add_edge(
+                link.a,
+                link.b,
+                cost=link.cost,
+                delay_ms=link.delay_ms,
+                loss=link.loss,
+                rate_mbit=link.rate_mbit,
+            )
+        return graph
+
+    def neighbours(self, node_id: str) -> list[tuple[str, int]]:
+        """``(neighbour, cost)`` for each link of ``node_id``, in file order."""
+        found: list[tuple[str, int]] = []
+        for link in self.links:
+            if link.a == node_id:
+                found.append((link.b, link.cost))
+            elif link.b == node_id:
+                found.append((link.a, link.cost))
+        return found
+
+
+# --- one node ----------------------------------------------------------------------------
+
+
+class TlsFiles(_Model):
+    """The node's mTLS material (see nodes/pki.py); relative paths resolve against the file."""
+
+    ca: Path
+    """The mesh CA certificate (PEM), the only root peers are checked against."""
+    cert: Path
+    """This node's certificate (PEM)."""
+    key: Path
+    """This node's TLS private key (PEM, mode 0600)."""
+
+
+class Neighbour(_Model):
+    """A node this node keeps a link to."""
+
+    node: Name
+    address: DialAddress
+    """``host:port`` of the neighbour's gRPC server."""
+    cost: Cost = 1
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths are relative to the config file's folder, not to the working directory.
+
+    The loader passes that folder as ``base_dir`` in the validation context; a
+    config built in code (no context) keeps its paths as given.
+    """
+    base = info.context.get("base_dir") if isinstance(info.context, Mapping) else None
+    if value.is_absolute() or not isinstance(base, Path):
+        return value
+    return Path(os.path.normpath(base / value))
+
+
+class NodeConfig(_Model):
+    """Everything one node process needs (``mesh node run CONFIG``)."""
+
+    node_id: Name
+    mesh: Name
+    routing: RoutingName = "link-state"
+    listen: Address = "127.0.0.1:0"
+    """``host:port`` to serve gRPC on; port 0 picks a free port."""
+    state_dir: Path
+    """Keys, the outbox store and logs; relative to the config file's folder."""
+    tls: TlsFiles | None = None
+    insecure: bool = False
+    """Run without TLS (tests and local demos only); exclusive with ``tls``."""
+    metrics_port: Port | None = None
+    """Prometheus metrics port; None serves no metrics endpoint."""
+    neighbours: list[Neighbour] = []
+    services: dict[Name, ServiceSpec] = {}
+    subjects: list[Subject] = []
+    settings: NodeSettings = Field(default_factory=NodeSettings)
+
+    @field_validator("state_dir", mode="after")
+    @classmethod
+    def _resolve_state_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @field_validator("tls", mode="after")
+    @classmethod
+    def _resolve_tls(cls, value: TlsFiles | None, info: ValidationInfo) -> TlsFiles | None:
+        if value is None:
+            return None
+        return TlsFiles(
+            ca=_resolve(value.ca, info),
+            cert=_resolve(value.cert, info),
+            key=_resolve(value.key, info),
+        )
+
+    @model_validator(mode="after")
+    def _node_is_consistent(self) -> NodeConfig:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.tls is None and not self.insecure:
+            problems.append(
+                (("tls",), "required: give tls (ca, cert, key), or set insecure: true for tests")
+            )
+        elif self.tls is not None and self.insecure:
+            problems.append((("insecure",), "cannot be true when tls is given; choose one"))
+        seen: dict[str, int] = {}
+        for index, neighbour in enumerate(self.neighbours):
+            if neighbour.node == self.node_id:
+                problems.append((("neighbours", index, "node"), "a node cannot neighbour itself"))
+            elif neighbour.node in seen:
+                problems.append(
+                    (
+                        ("neighbours", index, "node"),
+                        f"{neighbour.node!r} is already neighbours[{seen[neighbour.node]}]",
+                    )
+                )
+            else:
+                seen[neighbour.node] = index
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    def dump(self, path: Path) -> None:
+        """Write this config as YAML that :func:`load_node_config` reads back equal.
+
+        Paths under the file's folder are written relative to it (so a run
+        folder can be inspected as a unit); others stay absolute. Paths that
+        are relative in memory are written as they are, and so are read back
+        relative to ``path``'s folder. The file is replaced atomically.
+
+        Raises:
+            ConfigError: the file cannot be written.
+        """
+        base = path.parent.absolute()
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["state_dir"] = _relative_to(self.state_dir, base)
+        if self.tls is not None:
+            data["tls"] = {
+                "ca": _relative_to(self.tls.ca, base),
+                "cert": _relative_to(self.tls.cert, base),
+                "key": _relative_to(self.tls.key, base),
+            }
+        text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            partial.write_text(text, encoding="utf-8")
+            partial.replace(path)
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot write: {exc.strerror}", path=path, problems=[("", str(exc))]
+            ) from exc
+
+
+def _relative_to(value: Path, base: Path) -> str:
+    # Only a normalised absolute path round-trips through normpath(base / relative).
+    if value.is_absolute() and os.path.normpath(value) == str(value):
+        try:
+            return str(value.relative_to(base))
+        except ValueError:
+            pass
+    return str(value)
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate mapping keys.
+
+    Plain ``safe_load`` keeps the last of two equal keys, so a node declared
+    twice under ``nodes`` would silently lose its first definition.
+    """
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError.from_problems(path, [("(file)", "does not exist")]) from None
+    except IsADirectoryError:
+        raise ConfigError.from_problems(path, [("(file)", "is a directory, not a file")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError.from_problems(path, [("(file)", "is not UTF-8 text")]) from None
+    except OSError as exc:
+        raise ConfigError.from_problems(path, [("(file)", f"cannot read: {exc.strerror}")]) from exc
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: plain data only
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
+        # The problem says what is wrong at the mark; the context only says what was being read.
+        problem = exc.problem or exc.context or "cannot parse"
+        raise ConfigError.from_problems(path, [(where, f"YAML syntax error: {problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError.from_problems(path, [("(yaml)", f"YAML error: {exc}")]) from None
+    if data is None:
+        raise ConfigError.from_problems(path, [("(top level)", "the file is empty")])
+    if not isinstance(data, dict):
+        raise ConfigError.from_problems(
+            path, [("(top level)", f"expected a mapping of fields, got a {type(data).__name__}")]
+        )
+    return data
+
+
+def _field_path(loc: Iterable[str | int]) -> str:
+    """``('links', 2, 'cost')`` -> ``links[2].cost``; odd keys are quoted."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part == "[key]":
+            continue  # pydantic's marker for a bad mapping key; the message says so
+        elif NAME_PATTERN.fullmatch(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{part!r}]"
+    return text or "(top level)"
+
+
+@functools.cache
+def _known_fields() -> list[str]:
+    """Every field name of every config model, for "did you mean" suggestions."""
+    models: tuple[type[BaseModel], ...] = (
+        ServiceSpec,
+        NodeSettings,
+        TopologyNode,
+        TopologyLink,
+        Topology,
+        TlsFiles,
+        Neighbour,
+        NodeConfig,
+    )
+    return sorted({name for model in models for name in model.model_fields})
+
+
+def _problems(error: ValidationError) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for item in error.errors(include_url=False):
+        loc = tuple(item["loc"])
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, _Problems):
+            problems.extend((_field_path(loc + sub), msg) for sub, msg in cause.problems)
+            continue
+        if isinstance(cause, ValueError):
+            message = str(cause)
+        elif item["type"] == "extra_forbidden":
+            name = str(loc[-1]) if loc else ""
+            close = difflib.get_close_matches(name, _known_fields(), n=1)
+            message = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        else:
+            message = item["msg"]
+            if item["type"] not in ("model_type", "dict_type", "list_type"):
+                message += f" (got {item['input']!r})"
+        problems.append((_field_path(loc), message))
+    return problems
+
+
+def _load(model: type[M], path: Path, context: dict[str, Any]) -> M:
+    data = _read_mapping(path)
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ConfigError.from_problems(path, _problems(exc)) from None
+
+
+def load_topology(path: Path) -> Topology:
+    """Read and validate a topology file.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, or any invalid field (one line each).
+    """
+    return _load(Topology, path, {})
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    """Read and validate a node config; relative paths resolve against its folder.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, or any invalid field (one line each).
+    """
+    return _load(NodeConfig, path, {"base_dir": path.parent.absolute()})
+
+
+__all__ = [
+    "MAX_COST",
+    "NAME_PATTERN",
+    "ConfigError",
+    "Neighbour",
+    "NodeConfig",
+    "NodeSettings",
+    "ServiceSpec",
+    "TlsFiles",
+    "Topology",
+    "TopologyLink",
+    "TopologyNode",
+    "address",
+    "load_node_config",
+    "load_topology",
+]

@@ -18,14 +18,31 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from mesh.actions import Action, CloseLink, Deliver, Rejected, SendFrame, Wake
+from mesh.actions import (
+    Acked,
+    Action,
+    CloseLink,
+    Deliver,
+    Failed,
+    Forget,
+    Persist,
+    Rejected,
+    Remember,
+    Replied,
+    SendFrame,
+    Wake,
+)
+from mesh.codec import EncodedBody
 from mesh.core import CoreConfig, NodeCore
 from mesh.crypto import NodeIdentity
 from mesh.directory import CertificateCheck
+from mesh.envelope import EnvelopeHeader, parse_envelope
 from mesh.errors import MeshError, Status
 from mesh.v1 import peer_pb2
+from nodes.apps import Instance, LocalApps, echo_handler
 from nodes.links import LinkSettings, LinkStuck, PeerLink, is_data, link_method, parse_frame
 from nodes.status import grpc_code
+from nodes.store import OutboxEntry, Store
 
 log = logging.getLogger("mesh.runtime")
 
@@ -63,6 +80,9 @@ class RuntimeOptions:
     reconnect_min: float = 0.1
     reconnect_max: float = 5.0
     services: dict[str, int] = field(default_factory=dict)
+    """Services this node offers itself (name -> weight), from its config."""
+    handlers: dict[str, str] = field(default_factory=dict)
+    """Built-in handlers for configured services (service -> "echo")."""
     subjects: tuple[str, ...] = ()
     inbox_max: int = 10_000
     """Deliveries kept for local applications before the oldest are dropped."""
@@ -82,6 +102,7 @@ class NodeRuntime:
         check_certificate: CertificateCheck | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        store: Store | None = None,
     ) -> None:
         self.node_id = identity.node_id
         self.options = options
@@ -100,9 +121,13 @@ class NodeRuntime:
             n.node: n.address for n in options.neighbours if n.address
         }
         self.costs: dict[str, int] = {n.node: n.cost for n in options.neighbours}
-        self.inbox: asyncio.Queue[Deliver] = asyncio.Queue(maxsize=options.inbox_max)
-        self.receivers: set[asyncio.Queue[Deliver]] = set()
+        self.store = store
+        self.apps = LocalApps(self.node_id, self._reply, inbox_max=options.inbox_max)
         self.counters: dict[str, int] = {}
+        self.instance_seq = 0
+        self._outbox_adds: dict[bytes, OutboxEntry] = {}
+        self._outbox_removes: list[bytes] = []
+        self._remembered: list[tuple[bytes, int]] = []
         self._wake_handle: asyncio.TimerHandle | None = None
         self._wake_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -112,11 +137,54 @@ class NodeRuntime:
     # --- life cycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Advertise local offers and start dialling neighbours."""
-        self.apply(self.core.set_offers(self.options.services, self.options.subjects, self.clock()))
+        """Resume the outbox, advertise local offers and start dialling neighbours."""
+        now = self.clock()
+        if self.store is not None:
+            horizon = self.core.config.delivery.dedupe_horizon_ms
+            self.core.remember_seen(self.store.load_dedupe(int(now * 1000) - horizon), now)
+            entries = []
+            for entry in self.store.load_outbox():
+                try:
+                    envelope = parse_envelope(entry.envelope)
+                except MeshError as exc:
+                    log.warning("dropping an unreadable outbox entry: %s", exc)
+                    self._outbox_removes.append(entry.message_id)
+                    continue
+                entries.append((entry.message_id, envelope, entry.deadline_ms))
+            if entries:
+                log.info("resuming outbox", extra={"fields": {"messages": len(entries)}})
+            self.apply(self.core.resume(entries, now))
+        for service, handler in self.options.handlers.items():
+            if handler == "echo":
+                name = f"{self.node_id}/{service}/echo"
+                self.apps.add_instance(
+                    Instance(
+                        service=service,
+                        name=name,
+                        weight=self.options.services.get(service, 1),
+                        builtin=echo_handler(name),
+                    )
+                )
+        self.refresh_offers()
         for spec in self.options.neighbours:
             if spec.address:
                 self._spawn(self._dial_forever(spec), f"dial-{spec.node}")
+
+    def refresh_offers(self) -> None:
+        """Advertise configured and attached services and subscriptions."""
+        # A configured service is advertised with its configured weight (its
+        # built-in handler, if any, is that weight); streamed instances add theirs.
+        services = dict(self.options.services)
+        for name, instances in self.apps.instances.items():
+            streamed = sum(i.weight for i in instances if i.builtin is None)
+            if streamed:
+                services[name] = services.get(name, 0) + streamed
+        _, subjects = self.apps.offers()
+        offered = sorted(set(self.options.subjects) | set(subjects))
+        self.apply(self.core.set_offers(services, offered, self.clock()))
+
+    def _reply(self, request: EnvelopeHeader, body: EncodedBody, status: int) -> None:
+        self.apply(self.core.reply(request, body, self.clock(), status=Status(status)))
 
     async def stop(self) -> None:
         """Close every link and stop dialling."""
@@ -139,6 +207,14 @@ class NodeRuntime:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def has_capacity(self) -> bool:
+        """Whether new local messages are welcome: no link queue is full and the
+        core's pending table has room. Refusing at the entry node (as
+        RESOURCE_EXHAUSTED) keeps overload from becoming silent loss inside."""
+        if self.core.pending_count >= self.core.config.delivery.max_pending:
+            return False
+        return all(link.has_space() for link in self.links.values())
+
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
@@ -154,7 +230,23 @@ class NodeRuntime:
             elif isinstance(action, Wake):
                 self._schedule(action.at)
             elif isinstance(action, Deliver):
-                self._deliver(action)
+                self.apps.deliver(action)
+            elif isinstance(action, Persist):
+                self._outbox_adds[action.message_id] = OutboxEntry(
+                    message_id=action.message_id,
+                    recipient=action.recipient,
+                    envelope=action.envelope.SerializeToString(),
+                    created_ms=action.created_ms,
+                    deadline_ms=action.deadline_ms,
+                    attempts=0,
+                )
+            elif isinstance(action, Forget):
+                if self._outbox_adds.pop(action.message_id, None) is None:
+                    self._outbox_removes.append(action.message_id)
+            elif isinstance(action, Remember):
+                self._remembered.append((action.message_id, action.created_ms))
+            elif isinstance(action, Acked | Replied | Failed):
+                self.apps.resolve(action)
             elif isinstance(action, Rejected):
                 self.count("rejected")
                 log.warning(
@@ -171,7 +263,30 @@ class NodeRuntime:
                 )
                 if link is not None:
                     link.close(action.status, action.reason)
+        self._flush_store()
         return blocked
+
+    def _flush_store(self) -> None:
+        """One transaction per batch of actions: durable before anything is answered.
+
+        Called at the end of ``apply``, before the caller replies to an
+        application or the link writers run, so an accepted message is on disk
+        before it counts as accepted, and a delivered id before its ack leaves.
+        """
+        if self.store is None:
+            self._outbox_adds.clear()
+            self._outbox_removes.clear()
+            self._remembered.clear()
+            return
+        if self._outbox_adds:
+            self.store.add_outbox(list(self._outbox_adds.values()))
+            self._outbox_adds.clear()
+        if self._outbox_removes:
+            self.store.remove_outbox(self._outbox_removes)
+            self._outbox_removes = []
+        if self._remembered:
+            self.store.remember(self._remembered)
+            self._remembered = []
 
     async def apply_with_backpressure(self, peer: str, actions: list[Action]) -> None:
         """Apply, then wait for room for data frames instead of dropping them.
@@ -203,24 +318,6 @@ class NodeRuntime:
         except LinkStuck as exc:
             link.close(Status.UNAVAILABLE, str(exc))
         return True
-
-    def _deliver(self, action: Deliver) -> None:
-        header = action.message.header
-        log.debug(
-            "delivered",
-            extra={"fields": {"message_id": header.message_id.hex(), "source": header.source}},
-        )
-        if self.receivers:
-            for queue in self.receivers:
-                if queue.full():
-                    self.count("dropped_receiver_full")
-                else:
-                    queue.put_nowait(action)
-            return
-        if self.inbox.full():
-            self.inbox.get_nowait()
-            self.count("dropped_inbox_full")
-        self.inbox.put_nowait(action)
 
     def _schedule(self, at: float) -> None:
         if self._wake_at is not None and self._wake_at <= at and self._wake_handle is not None:
@@ -367,6 +464,13 @@ class NodeRuntime:
             assert isinstance(data, bytes)
             return data
 
+        try:
+            # Only a stream that actually opened becomes a link (and a link_up).
+            await asyncio.wait_for(call.wait_for_connection(), HELLO_TIMEOUT)
+        except TimeoutError:
+            call.cancel()
+            self.count("dial_timeouts")
+            return
         if spec.node in self.links:  # an inbound stream won the race meanwhile
             call.cancel()
             return

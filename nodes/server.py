@@ -21,20 +21,23 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh.actions import Deliver
+from mesh.actions import Acked, Failed, Replied
 from mesh.codec import ContentType, EncodedBody
 from mesh.core import CoreConfig
 from mesh.crypto import NodeIdentity
-from mesh.envelope import DEFAULT_LIMITS
-from mesh.errors import MeshError, NoRoute
+from mesh.envelope import DEFAULT_LIMITS, OpenedMessage
+from mesh.errors import MeshError, Status
 from mesh.linkcost import CostPolicy
+from mesh.subjects import check_pattern, offer
 from mesh.v1 import admin_pb2, admin_pb2_grpc, client_pb2, client_pb2_grpc, envelope_pb2, peer_pb2
 from nodes import logs, pki
+from nodes.apps import Instance, Subscription
 from nodes.config import NodeConfig, load_node_config
 from nodes.links import LinkSettings
 from nodes.metrics import start_metrics
 from nodes.runtime import NeighbourSpec, NodeRuntime, RuntimeOptions, Transport
 from nodes.status import grpc_code
+from nodes.store import Store
 
 log = logging.getLogger("mesh.server")
 
@@ -50,83 +53,276 @@ _ENGINES = {
 }
 
 
+def _body(message: OpenedMessage) -> client_pb2.Body:
+    return client_pb2.Body(
+        content_type=cast("envelope_pb2.ContentType", message.body.content_type),
+        body_type=message.body.body_type,
+        data=message.body.data,
+    )
+
+
+def _delivery(message: OpenedMessage) -> client_pb2.Delivery:
+    header = message.header
+    return client_pb2.Delivery(
+        message_id=header.message_id,
+        source=header.source,
+        destination=client_pb2.Address(kind=header.destination_kind, name=header.destination),
+        body=_body(message),
+        created_ms=header.created_ms,
+        deadline_ms=header.deadline_ms,
+        expects_reply=header.kind == envelope_pb2.ENVELOPE_KIND_REQUEST,
+    )
+
+
+async def _encoded(body: client_pb2.Body, context: grpc.aio.ServicerContext) -> EncodedBody:
+    try:
+        content_type = ContentType(body.content_type or ContentType.RAW)
+    except ValueError:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"unknown content type {body.content_type}"
+        )
+        raise AssertionError("unreachable") from None
+    return EncodedBody(data=body.data, content_type=content_type, body_type=body.body_type)
+
+
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):
-    """What applications attached to this node call."""
+    """What applications attached to this node call (the SDK speaks only this)."""
 
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
+
+    async def _abort(self, context: grpc.aio.ServicerContext, error: MeshError) -> None:
+        await context.abort(grpc_code(error.status), str(error))
 
     async def Send(
         self, request: client_pb2.SendRequest, context: grpc.aio.ServicerContext
     ) -> client_pb2.SendResponse:
         runtime = self.runtime
-        if request.mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED:
-            await context.abort(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "acknowledged delivery is not served yet; send with mode ASYNC",
-            )
+        core = runtime.core
         target = request.target
-        if target.kind not in (envelope_pb2.DESTINATION_KIND_NODE, 0):
+        body = await _encoded(request.body, context)
+        mode = request.mode or envelope_pb2.DELIVERY_MODE_ASYNC
+        now = runtime.clock()
+        deadline_ms = int(now * 1000) + request.timeout_ms if request.timeout_ms else 0
+        if request.policy:
+            try:
+                core.set_policy(target.name, request.policy)
+            except MeshError as exc:
+                await self._abort(context, exc)
+        if not runtime.has_capacity():
+            runtime.count("refused_busy")
             await context.abort(
-                grpc.StatusCode.UNIMPLEMENTED, "only node destinations are served yet"
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "this node's links are full; slow down"
             )
         try:
-            content_type = ContentType(request.body.content_type or ContentType.RAW)
-        except ValueError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown content type")
-        body = EncodedBody(
-            data=request.body.data, content_type=content_type, body_type=request.body.body_type
-        )
-        hop = runtime.core.table.next_hops(target.name)
-        if hop and not any(runtime.links[h].has_space() for h in hop if h in runtime.links):
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"links towards {target.name!r} are full; slow down",
-            )
-        try:
-            message_id, actions = runtime.core.submit(
-                target.name,
-                body,
-                runtime.clock(),
-                message_id=request.message_id or None,
-            )
-        except NoRoute as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            if target.kind == envelope_pb2.DESTINATION_KIND_SUBJECT:
+                ids, actions = core.publish(
+                    target.name, body, now, mode=mode, deadline_ms=deadline_ms
+                )
+                message_id = ids[0] if ids else b""
+                waits = ids
+            else:
+                message_id, actions = core.submit(
+                    target.name,
+                    body,
+                    now,
+                    mode=mode,
+                    deadline_ms=deadline_ms,
+                    destination_kind=target.kind or envelope_pb2.DESTINATION_KIND_NODE,
+                    message_id=request.message_id or None,
+                )
+                waits = [message_id]
         except MeshError as exc:
-            await context.abort(grpc_code(exc.status), str(exc))
+            await self._abort(context, exc)
+            raise AssertionError("unreachable") from None
+        acknowledged = mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED
+        futures = []
+        if acknowledged and request.wait_for_ack:
+            loop = asyncio.get_running_loop()
+            for waited in waits:
+                future: asyncio.Future[Acked | Failed] = loop.create_future()
+                runtime.apps.acks[waited] = future
+                futures.append(future)
         if runtime.apply(actions):
             runtime.count("dropped_queue_full")
-        return client_pb2.SendResponse(message_id=message_id)
+        # Durable from here on: apply() committed the outbox before returning.
+        for future in futures:
+            outcome = await future
+            if isinstance(outcome, Failed):
+                await context.abort(grpc_code(outcome.status), outcome.reason)
+        return client_pb2.SendResponse(
+            message_id=message_id, acknowledged=bool(futures), copies=len(waits)
+        )
+
+    async def Request(
+        self, request: client_pb2.RequestMessage, context: grpc.aio.ServicerContext
+    ) -> client_pb2.ReplyMessage:
+        runtime = self.runtime
+        core = runtime.core
+        body = await _encoded(request.body, context)
+        kind = request.target.kind or envelope_pb2.DESTINATION_KIND_SERVICE
+        if request.policy:
+            try:
+                core.set_policy(request.target.name, request.policy)
+            except MeshError as exc:
+                await self._abort(context, exc)
+        remaining = context.time_remaining()
+        timeout_ms = request.timeout_ms or None
+        if remaining is not None:
+            grpc_ms = int(remaining * 1000)
+            timeout_ms = min(timeout_ms, grpc_ms) if timeout_ms else grpc_ms
+        try:
+            message_id, actions = core.request(
+                request.target.name,
+                body,
+                runtime.clock(),
+                timeout_ms=timeout_ms,
+                destination_kind=kind,
+            )
+        except MeshError as exc:
+            await self._abort(context, exc)
+            raise AssertionError("unreachable") from None
+        future: asyncio.Future[Replied | Failed] = asyncio.get_running_loop().create_future()
+        runtime.apps.replies[message_id] = future
+        runtime.apply(actions)
+        try:
+            outcome = await future
+        finally:
+            runtime.apps.replies.pop(message_id, None)
+        if isinstance(outcome, Failed):
+            await context.abort(grpc_code(outcome.status), outcome.reason)
+            raise AssertionError("unreachable")
+        reply = outcome.reply
+        status = reply.header.status
+        if status != 0:
+            text = reply.body.data.decode("utf-8", "replace")[:1024]
+            await context.abort(
+                grpc_code(_status_of(status)),
+                f"{reply.header.source!r} answered {_status_of(status).name}: {text}",
+            )
+        return client_pb2.ReplyMessage(
+            message_id=message_id, body=_body(reply), responder=reply.header.source
+        )
+
+    async def Serve(
+        self,
+        request_iterator: AsyncIterator[client_pb2.ServeUpstream],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[client_pb2.ServeDownstream]:
+        runtime = self.runtime
+        first = await context.read()
+        if first is grpc.aio.EOF or not first.HasField("register"):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "the first Serve message must register"
+            )
+        registration = first.register
+        if not 0 < len(registration.service.encode()) <= 255:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "a service name of 1..255 bytes is required"
+            )
+        runtime.instance_seq += 1
+        name = registration.instance or (
+            f"{runtime.node_id}/{registration.service}/{runtime.instance_seq}"
+        )
+        queue: asyncio.Queue[OpenedMessage] = asyncio.Queue(maxsize=runtime.options.inbox_max)
+        instance = Instance(
+            service=registration.service,
+            name=name,
+            weight=max(1, registration.weight),
+            queue=queue,
+        )
+        runtime.apps.add_instance(instance)
+        runtime.refresh_offers()
+        log.info(
+            "instance attached", extra={"fields": {"service": instance.service, "instance": name}}
+        )
+
+        async def replies() -> None:
+            while True:
+                upstream = await context.read()
+                if upstream is grpc.aio.EOF:
+                    return
+                if not upstream.HasField("reply"):
+                    continue
+                answer = upstream.reply
+                entry = runtime.apps.answered(answer.request_id)
+                if entry is None:
+                    runtime.count("late_replies")
+                    continue
+                header, _ = entry
+                if answer.status:
+                    body = EncodedBody(data=answer.error.encode(), content_type=ContentType.RAW)
+                else:
+                    body = await _encoded(answer.body, context)
+                runtime.apply(
+                    runtime.core.reply(
+                        header, body, runtime.clock(), status=_status_of(answer.status)
+                    )
+                )
+
+        reader = asyncio.ensure_future(replies())
+        try:
+            yield client_pb2.ServeDownstream(
+                registered=client_pb2.ServiceRegistration(
+                    service=instance.service, weight=instance.weight, instance=name
+                )
+            )
+            while not reader.done():
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                yield client_pb2.ServeDownstream(request=_delivery(getter.result()))
+        finally:
+            reader.cancel()
+            runtime.apps.remove_instance(instance)
+            runtime.refresh_offers()
+            log.info("instance detached", extra={"fields": {"instance": name}})
+
+    async def Subscribe(
+        self, request: client_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[client_pb2.Delivery]:
+        runtime = self.runtime
+        try:
+            check_pattern(request.subject)
+            offer(request.subject, request.queue or None)
+        except MeshError as exc:
+            await self._abort(context, exc)
+        queue: asyncio.Queue[OpenedMessage] = asyncio.Queue(maxsize=runtime.options.inbox_max)
+        subscription = Subscription(
+            pattern=request.subject, queue_group=request.queue or None, queue=queue
+        )
+        runtime.apps.subscriptions.append(subscription)
+        runtime.refresh_offers()
+        try:
+            while True:
+                yield _delivery(await queue.get())
+        finally:
+            runtime.apps.subscriptions.remove(subscription)
+            runtime.refresh_offers()
 
     async def Receive(
         self, request: client_pb2.ReceiveRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[client_pb2.Delivery]:
         runtime = self.runtime
-        queue: asyncio.Queue[Deliver] = asyncio.Queue(maxsize=runtime.options.inbox_max)
-        while not runtime.inbox.empty():  # what arrived before anyone listened
-            queue.put_nowait(runtime.inbox.get_nowait())
-        runtime.receivers.add(queue)
+        queue: asyncio.Queue[OpenedMessage] = asyncio.Queue(maxsize=runtime.options.inbox_max)
+        while runtime.apps.inbox:  # what arrived before anyone listened
+            _, early = runtime.apps.inbox.popitem(last=False)
+            queue.put_nowait(early)
+        runtime.apps.receivers.add(queue)
         try:
             while True:
-                action = await queue.get()
-                message = action.message
-                header = message.header
-                yield client_pb2.Delivery(
-                    message_id=header.message_id,
-                    source=header.source,
-                    destination=client_pb2.Address(
-                        kind=header.destination_kind, name=header.destination
-                    ),
-                    body=client_pb2.Body(
-                        content_type=cast("envelope_pb2.ContentType", message.body.content_type),
-                        body_type=message.body.body_type,
-                        data=message.body.data,
-                    ),
-                    created_ms=header.created_ms,
-                    deadline_ms=header.deadline_ms,
-                )
+                yield _delivery(await queue.get())
         finally:
-            runtime.receivers.discard(queue)
+            runtime.apps.receivers.discard(queue)
+
+
+def _status_of(code: int) -> Status:
+    try:
+        return Status(code)
+    except ValueError:
+        return Status.UNKNOWN
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -266,11 +462,13 @@ def build_runtime(config: NodeConfig) -> tuple[NodeRuntime, grpc.ServerCredentia
         reconnect_min=settings.reconnect_min_ms / 1000,
         reconnect_max=settings.reconnect_max_ms / 1000,
         services={name: spec.weight for name, spec in config.services.items()},
+        handlers={name: spec.handler for name, spec in config.services.items() if spec.handler},
         subjects=tuple(config.subjects),
     )
+    store = Store(config.state_dir / "store.db", durability="full")
     if config.tls is None:
         log.warning("running WITHOUT TLS (--insecure): any process can link to this node")
-        return NodeRuntime(identity, core_config, options, Transport()), None
+        return NodeRuntime(identity, core_config, options, Transport(), store=store), None
     files = pki.node_files(config.tls.ca, config.tls.cert, config.tls.key)
     transport = Transport(
         channel_credentials=pki.channel_credentials(files),
@@ -284,6 +482,7 @@ def build_runtime(config: NodeConfig) -> tuple[NodeRuntime, grpc.ServerCredentia
         transport,
         certificate=pki.certificate_der(files),
         check_certificate=pki.certificate_check(files.ca_pem),
+        store=store,
     )
     return runtime, pki.server_credentials(files)
 
@@ -311,8 +510,10 @@ async def serve(config: NodeConfig, ready_file: Path | None = None) -> int:
     log.info("shutting down")
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await runtime.stop()
     await server.stop(grace=2.0)
+    await runtime.stop()
+    if runtime.store is not None:
+        runtime.store.close()
     log.info("stopped")
     return 0
 

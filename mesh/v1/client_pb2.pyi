@@ -25,36 +25,44 @@ class Body(_message.Message):
     def __init__(self, content_type: _Optional[_Union[_envelope_pb2.ContentType, str]] = ..., body_type: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SendRequest(_message.Message):
-    __slots__ = ("target", "body", "mode", "timeout_ms", "message_id")
+    __slots__ = ("target", "body", "mode", "timeout_ms", "message_id", "wait_for_ack", "policy")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_ACK_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     target: Address
     body: Body
     mode: _envelope_pb2.DeliveryMode
     timeout_ms: int
     message_id: bytes
-    def __init__(self, target: _Optional[_Union[Address, _Mapping]] = ..., body: _Optional[_Union[Body, _Mapping]] = ..., mode: _Optional[_Union[_envelope_pb2.DeliveryMode, str]] = ..., timeout_ms: _Optional[int] = ..., message_id: _Optional[bytes] = ...) -> None: ...
+    wait_for_ack: bool
+    policy: str
+    def __init__(self, target: _Optional[_Union[Address, _Mapping]] = ..., body: _Optional[_Union[Body, _Mapping]] = ..., mode: _Optional[_Union[_envelope_pb2.DeliveryMode, str]] = ..., timeout_ms: _Optional[int] = ..., message_id: _Optional[bytes] = ..., wait_for_ack: _Optional[bool] = ..., policy: _Optional[str] = ...) -> None: ...
 
 class SendResponse(_message.Message):
-    __slots__ = ("message_id", "acknowledged")
+    __slots__ = ("message_id", "acknowledged", "copies")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FIELD_NUMBER: _ClassVar[int]
     message_id: bytes
     acknowledged: bool
-    def __init__(self, message_id: _Optional[bytes] = ..., acknowledged: _Optional[bool] = ...) -> None: ...
+    copies: int
+    def __init__(self, message_id: _Optional[bytes] = ..., acknowledged: _Optional[bool] = ..., copies: _Optional[int] = ...) -> None: ...
 
 class RequestMessage(_message.Message):
-    __slots__ = ("target", "body", "timeout_ms")
+    __slots__ = ("target", "body", "timeout_ms", "policy")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     target: Address
     body: Body
     timeout_ms: int
-    def __init__(self, target: _Optional[_Union[Address, _Mapping]] = ..., body: _Optional[_Union[Body, _Mapping]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    policy: str
+    def __init__(self, target: _Optional[_Union[Address, _Mapping]] = ..., body: _Optional[_Union[Body, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...
 
 class ReplyMessage(_message.Message):
     __slots__ = ("message_id", "body", "responder", "instance")

@@ -1,8 +1,8 @@
-"""`mesh demo`: a tour of what exists, run on real keys and real envelopes.
+"""The envelope tour that opens `mesh demo`: real keys, real envelopes, no network.
 
-Until the runtime lands it shows the envelope path a message takes through a
-three-node line a - b - c: sealed at a, verified (not opened) at b, opened at
-c, and what each hop does with tampered and replayed input.
+It shows the path a message takes through a three-node line a - b - c:
+sealed at a, verified (not opened) at b, opened at c, and what each hop does
+with tampered and replayed input. The live mesh follows (nodes/live_demo.py).
 """
 
 from __future__ import annotations
@@ -95,7 +95,3 @@ def run_demo(console: Console) -> None:
         else:
             refused.add_row(label, where, "accepted (a bug!)", "-")
     console.print(refused)
-    console.print(
-        "[dim]The node runtime (mesh up, real gRPC links) arrives with the runtime issue; "
-        "this demo will then start a live mesh.[/dim]"
-    )

@@ -125,6 +125,8 @@ class NodeRuntime:
         self.apps = LocalApps(self.node_id, self._reply, inbox_max=options.inbox_max)
         self.counters: dict[str, int] = {}
         self.instance_seq = 0
+        self.disabled: set[str] = set()
+        """Peers whose link an operator took down (SetLink)."""
         self._outbox_adds: dict[bytes, OutboxEntry] = {}
         self._outbox_removes: list[bytes] = []
         self._remembered: list[tuple[bytes, int]] = []
@@ -133,6 +135,7 @@ class NodeRuntime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stopping = asyncio.Event()
+        self._admin_changed = asyncio.Event()
 
     # --- life cycle -------------------------------------------------------------
 
@@ -206,6 +209,24 @@ class NodeRuntime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def set_link(self, peer: str, enabled: bool) -> bool:
+        """Take the link to ``peer`` administratively down or up; True if it was up."""
+        link = self.links.get(peer)
+        was_up = link is not None
+        if enabled:
+            self.disabled.discard(peer)
+            self._admin_changed.set()
+        else:
+            self.disabled.add(peer)
+            if link is not None:
+                link.close(Status.UNAVAILABLE, f"link to {peer!r} taken down by an operator")
+        log.info(
+            "link administratively %s",
+            "up" if enabled else "down",
+            extra={"fields": {"peer": peer}},
+        )
+        return was_up
 
     def has_capacity(self) -> bool:
         """Whether new local messages are welcome: no link queue is full and the
@@ -418,6 +439,10 @@ class NodeRuntime:
         if self.node_id > spec.node:
             await asyncio.sleep(self.options.reconnect_min * (1 + self.rng.random()))
         while not self._stopping.is_set():
+            if spec.node in self.disabled:
+                self._admin_changed.clear()
+                await self._admin_changed.wait()
+                continue
             existing = self.links.get(spec.node)
             if existing is not None:
                 await existing.closed.wait()

@@ -391,6 +391,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         counters.update(self.runtime.counters)
         return admin_pb2.StatsResponse(counters={k: int(v) for k, v in counters.items()})
 
+    async def SetLink(
+        self, request: admin_pb2.SetLinkRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SetLinkResponse:
+        if not request.peer:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name the peer")
+        was_up = self.runtime.set_link(request.peer, request.enabled)
+        return admin_pb2.SetLinkResponse(was_up=was_up)
+
     async def Trace(
         self, request: admin_pb2.TraceRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.TraceResponse:

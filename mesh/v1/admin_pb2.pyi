@@ -109,3 +109,17 @@ class TraceResponse(_message.Message):
     HOPS_FIELD_NUMBER: _ClassVar[int]
     hops: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, hops: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetLinkRequest(_message.Message):
+    __slots__ = ("peer", "enabled")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    peer: str
+    enabled: bool
+    def __init__(self, peer: _Optional[str] = ..., enabled: _Optional[bool] = ...) -> None: ...
+
+class SetLinkResponse(_message.Message):
+    __slots__ = ("was_up",)
+    WAS_UP_FIELD_NUMBER: _ClassVar[int]
+    was_up: bool
+    def __init__(self, was_up: _Optional[bool] = ...) -> None: ...

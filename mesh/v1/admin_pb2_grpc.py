@@ -59,6 +59,11 @@ class AdminServiceStub:
                 request_serializer=mesh_dot_v1_dot_admin__pb2.TraceRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_admin__pb2.TraceResponse.FromString,
                 _registered_method=True)
+        self.SetLink = channel.unary_unary(
+                '/mesh.v1.AdminService/SetLink',
+                request_serializer=mesh_dot_v1_dot_admin__pb2.SetLinkRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_admin__pb2.SetLinkResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -94,6 +99,12 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetLink(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +132,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Trace,
                     request_deserializer=mesh_dot_v1_dot_admin__pb2.TraceRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_admin__pb2.TraceResponse.SerializeToString,
+            ),
+            'SetLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLink,
+                    request_deserializer=mesh_dot_v1_dot_admin__pb2.SetLinkRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_admin__pb2.SetLinkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +274,33 @@ class AdminService:
             '/mesh.v1.AdminService/Trace',
             mesh_dot_v1_dot_admin__pb2.TraceRequest.SerializeToString,
             mesh_dot_v1_dot_admin__pb2.TraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.AdminService/SetLink',
+            mesh_dot_v1_dot_admin__pb2.SetLinkRequest.SerializeToString,
+            mesh_dot_v1_dot_admin__pb2.SetLinkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -628,14 +628,13 @@ class NodeCore:
         self.stats["resumed"] += len(self._pending)
         return self._finish(actions, now)
 
-    def remember_seen(self, seen: Iterable[tuple[bytes, int]], now: float) -> None:
-        """Load persisted dedupe entries (message id, created_ms) after a restart."""
-        now_ms = int(now * 1000)
-        for message_id, created_ms in seen:
-            try:
-                self.dedupe.accept(message_id, created_ms, now_ms)
-            except MeshError:
-                continue
+    def remember_seen(
+        self, seen: Iterable[tuple[bytes, int]], now: float, floor_ms: int = -1
+    ) -> None:
+        """Load the persisted dedupe window after a restart: (message id, created_ms)
+        pairs, oldest first, and the floor the store kept (see DedupeWindow)."""
+        self.dedupe.restore(list(seen), floor_ms)
+        self.dedupe.expire(int(now * 1000))
 
     def set_policy(self, service: str, policy: Policy | str) -> None:
         """How requests and messages to ``service`` choose an instance."""

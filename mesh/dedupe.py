@@ -59,6 +59,20 @@ class DedupeWindow:
             _, evicted_created = self._seen.popitem(last=False)
             self._floor_ms = max(self._floor_ms, evicted_created)
 
+    def restore(self, seen: list[tuple[bytes, int]], floor_ms: int) -> None:
+        """Reload a persisted window: its ids (oldest first) and the floor it had.
+
+        The floor matters as much as the ids: ids evicted for capacity before a
+        restart are not in the store, and without the floor their replays
+        would look new.
+        """
+        for message_id, created_ms in seen:
+            self._seen[message_id] = created_ms
+        while len(self._seen) > self.capacity:
+            _, evicted_created = self._seen.popitem(last=False)
+            floor_ms = max(floor_ms, evicted_created)
+        self._floor_ms = max(self._floor_ms, floor_ms)
+
     def expire(self, now_ms: int) -> None:
         """Forget ids whose creation time has fallen out of the horizon."""
         cutoff = now_ms - self.horizon_ms

@@ -144,7 +144,11 @@ class NodeRuntime:
         now = self.clock()
         if self.store is not None:
             horizon = self.core.config.delivery.dedupe_horizon_ms
-            self.core.remember_seen(self.store.load_dedupe(int(now * 1000) - horizon), now)
+            self.core.remember_seen(
+                self.store.load_dedupe(int(now * 1000) - horizon),
+                now,
+                floor_ms=self.store.dedupe_floor_ms(),
+            )
             entries = []
             for entry in self.store.load_outbox():
                 try:

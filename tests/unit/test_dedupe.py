@@ -61,3 +61,13 @@ def test_no_id_is_ever_accepted_twice(events: list[tuple[int, int]]) -> None:
         assert n not in accepted
         accepted.add(n)
     assert len(window) <= 5
+
+
+def test_a_restored_window_keeps_its_floor() -> None:
+    window = DedupeWindow(capacity=10, horizon_ms=10_000)
+    window.restore([(mid(5), 500)], floor_ms=400)
+    with pytest.raises(Replayed):
+        window.accept(mid(5), created_ms=500, now_ms=600)
+    with pytest.raises(Expired):  # evicted before the restart: refused, not redelivered
+        window.accept(mid(1), created_ms=300, now_ms=600)
+    window.accept(mid(2), created_ms=550, now_ms=600)

@@ -59,3 +59,7 @@ def keygen(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

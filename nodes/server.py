@@ -26,7 +26,7 @@ from mesh.codec import ContentType, EncodedBody
 from mesh.core import CoreConfig
 from mesh.crypto import NodeIdentity
 from mesh.envelope import DEFAULT_LIMITS, OpenedMessage
-from mesh.errors import MeshError, Status
+from mesh.errors import LocalError, MeshError, Status
 from mesh.linkcost import CostPolicy
 from mesh.subjects import check_pattern, offer
 from mesh.v1 import admin_pb2, admin_pb2_grpc, client_pb2, client_pb2_grpc, envelope_pb2, peer_pb2
@@ -42,6 +42,14 @@ from nodes.store import Store
 log = logging.getLogger("mesh.server")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ListenError(LocalError):
+    """The node cannot bind its listen address."""
+
+    status = Status.UNAVAILABLE
+
+
 SERVICE_NAMES = (
     "mesh.v1.PeerService",
     "mesh.v1.ClientService",
@@ -435,10 +443,15 @@ async def create_server(
         ),
         server,
     )
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        raise ListenError(
+            f"cannot listen on {address}: the port is in use or the address is not local"
+        ) from None
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -539,9 +539,16 @@ async def serve(config: NodeConfig, ready_file: Path | None = None) -> int:
     return 0
 
 
-def run_node(config_path: Path, ready_file: Path | None = None, log_level: str = "info") -> int:
+def run_node(
+    config_path: Path,
+    ready_file: Path | None = None,
+    log_level: str = "info",
+    metrics_port: int | None = None,
+) -> int:
     """Entry point of `mesh node run CONFIG`."""
     config = load_node_config(config_path)
+    if metrics_port is not None:
+        config = config.model_copy(update={"metrics_port": metrics_port})
     logs.configure(config.node_id, log_level)
     log.info("starting", extra={"fields": {"pid": os.getpid(), "config": str(config_path)}})
     return asyncio.run(serve(config, ready_file))

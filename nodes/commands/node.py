@@ -22,10 +22,13 @@ def run(
         Path | None, typer.Option(help="write HOST:PORT here once serving (for launchers)")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve Prometheus metrics on 127.0.0.1:PORT (0: any)")
+    ] = None,
 ) -> None:
     """Run the node described by CONFIG until SIGTERM or Ctrl-C."""
     try:
-        code = run_node(config, ready_file, log_level)
+        code = run_node(config, ready_file, log_level, metrics_port)
     except MeshError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=1) from None

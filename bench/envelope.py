@@ -345,7 +345,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def _openssl_version() -> str:
-    from cryptography.hazmat.backends.openssl.backend import backend  # noqa: PLC0415
+    from cryptography.hazmat.backends.openssl.backend import backend
 
     return str(backend.openssl_version_text())
 

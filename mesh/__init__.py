@@ -6,6 +6,8 @@ randomness. ``nodes`` adapts it to gRPC, SQLite and the operating system.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from mesh.codec import (
     Compression,
     CompressionPolicy,
@@ -54,13 +56,29 @@ from mesh.errors import (
     WrongRecipient,
 )
 
+if TYPE_CHECKING:
+    from mesh.client import Client, Message, Reply, SyncClient, connect, connect_sync
+
 __version__ = "0.1.0"
+
+_SDK_NAMES = frozenset({"connect", "connect_sync", "Client", "SyncClient", "Reply", "Message"})
+
+
+def __getattr__(name: str) -> Any:
+    """Import the SDK (and with it grpc) only when one of its names is asked for."""
+    if name in _SDK_NAMES:
+        from mesh import client  # noqa: PLC0415
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'mesh' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_LIMITS",
     "AuthenticationFailed",
     "BodyTooLarge",
     "Cipher",
+    "Client",
     "ClockSkew",
     "Compression",
     "CompressionPolicy",
@@ -83,20 +101,25 @@ __all__ = [
     "LocalError",
     "Malformed",
     "MeshError",
+    "Message",
     "NodeIdentity",
     "OpenedMessage",
     "Opener",
     "PublicIdentity",
     "RemoteError",
     "Replayed",
+    "Reply",
     "Sealer",
     "Status",
+    "SyncClient",
     "TooLarge",
     "UnknownRecipient",
     "UnknownSender",
     "UnsupportedVersion",
     "WrongRecipient",
     "__version__",
+    "connect",
+    "connect_sync",
     "decode_body",
     "encode_body",
     "parse_envelope",

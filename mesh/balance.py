@@ -95,15 +95,21 @@ class Balancer:
         *,
         costs: Mapping[str, int] | None = None,
         exclude: frozenset[str] = frozenset(),
+        policy: Policy | None = None,
     ) -> str | None:
-        """The node to send the next request for ``service`` to, or None."""
+        """The node to send the next request for ``service`` to, or None.
+
+        ``policy`` overrides the service's configured policy for this choice
+        (a caller may ask for its own without changing it for others).
+        """
         candidates = sorted((i for i in instances if i.node not in exclude), key=lambda i: i.node)
         if not candidates:
             return None
         svc = self._services.setdefault(service, _ServiceState())
         healthy = [i for i in candidates if self._state(service, i.node).ejected_until <= now]
         pool = healthy or candidates
-        policy = self.policies.get(service, Policy.ROUND_ROBIN)
+        if policy is None:
+            policy = self.policies.get(service, Policy.ROUND_ROBIN)
         if policy is Policy.ROUND_ROBIN:
             chosen = pool[svc.turn % len(pool)]
             svc.turn += 1

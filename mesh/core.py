@@ -125,6 +125,7 @@ class _Pending:
     attempt_at: float = 0.0
     next_at: float = 0.0
     tried: set[str] = field(default_factory=set)
+    policy: Policy | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -426,6 +427,7 @@ class NodeCore:
         destination_kind: envelope_pb2.DestinationKind = envelope_pb2.DESTINATION_KIND_NODE,
         recipient: str | None = None,
         message_id: bytes | None = None,
+        policy: Policy | str | None = None,
     ) -> tuple[bytes, list[Action]]:
         """Seal a message from a local application and send it on its way.
 
@@ -442,7 +444,9 @@ class NodeCore:
             InvalidArgument, BodyTooLarge: as :meth:`Sealer.seal`.
         """
         acknowledged = mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED
-        target = recipient or self._resolve(destination, destination_kind, now)
+        target = recipient or self._resolve(
+            destination, destination_kind, now, policy=_policy(policy)
+        )
         if not acknowledged and target != self.node_id and not self.table.next_hops(target):
             self.stats["dropped_no_route"] += 1
             raise NoRoute(f"no route from {self.node_id!r} to {target!r}")
@@ -492,8 +496,12 @@ class NodeCore:
         *,
         timeout_ms: int | None = None,
         destination_kind: envelope_pb2.DestinationKind = envelope_pb2.DESTINATION_KIND_SERVICE,
+        policy: Policy | str | None = None,
     ) -> tuple[bytes, list[Action]]:
         """Send a request; its answer comes back as ``Replied`` (or ``Failed``).
+
+        ``policy`` balances this request (and its retries) without changing
+        the service's policy for other callers.
 
         A request whose instance does not answer within the attempt timeout is
         retried on another instance while the retry budget allows, until its
@@ -504,7 +512,8 @@ class NodeCore:
         """
         timeout = self.config.delivery.default_timeout_ms if timeout_ms is None else timeout_ms
         deadline_ms = int(now * 1000) + timeout
-        target = self._resolve(destination, destination_kind, now)
+        chosen_policy = _policy(policy)
+        target = self._resolve(destination, destination_kind, now, policy=chosen_policy)
         if target != self.node_id and not self.table.next_hops(target):
             raise NoRoute(f"no route from {self.node_id!r} to {target!r}")
         if len(self._pending) >= self.config.delivery.max_pending:
@@ -518,6 +527,7 @@ class NodeCore:
             body=body,
             deadline_ms=deadline_ms,
             started_at=now,
+            policy=chosen_policy,
         )
         self._budget.deposit()
         actions = self._attempt(pending, target, now)
@@ -958,6 +968,7 @@ class NodeCore:
         kind: envelope_pb2.DestinationKind,
         now: float,
         exclude: frozenset[str] = frozenset(),
+        policy: Policy | None = None,
     ) -> str:
         """The node a message for ``destination`` is sealed to."""
         if kind != envelope_pb2.DESTINATION_KIND_SERVICE:
@@ -968,10 +979,12 @@ class NodeCore:
             if i.node == self.node_id or self.table.next_hops(i.node)
         ]
         costs = {i.node: self.table.cost(i.node) or 0 for i in instances}
-        node = self.balancer.choose(destination, instances, now, costs=costs, exclude=exclude)
+        node = self.balancer.choose(
+            destination, instances, now, costs=costs, exclude=exclude, policy=policy
+        )
         if node is None:
             if exclude and instances:  # every instance was tried: try them again
-                node = self.balancer.choose(destination, instances, now, costs=costs)
+                node = self.balancer.choose(destination, instances, now, costs=costs, policy=policy)
             if node is None:
                 raise NoRoute(f"no reachable instance of service {destination!r}")
         return node
@@ -1177,7 +1190,11 @@ class NodeCore:
             return []
         try:
             target = self._resolve(
-                pending.destination, pending.destination_kind, now, frozenset(pending.tried)
+                pending.destination,
+                pending.destination_kind,
+                now,
+                frozenset(pending.tried),
+                policy=pending.policy,
             )
         except NoRoute:
             self._arm(pending, pending.deadline_ms / 1000)
@@ -1302,6 +1319,17 @@ class NodeCore:
         if wake is not None:
             actions.append(Wake(at=max(wake, now)))
         return actions
+
+
+def _policy(policy: Policy | str | None) -> Policy | None:
+    """A policy from its name; InvalidArgument for an unknown one."""
+    if policy is None or isinstance(policy, Policy):
+        return policy
+    try:
+        return Policy(policy)
+    except ValueError:
+        names = ", ".join(p.value for p in Policy)
+        raise InvalidArgument(f"unknown balancing policy {policy!r}; one of {names}") from None
 
 
 def _status(code: int) -> Status:

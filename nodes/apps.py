@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from mesh.actions import Acked, Deliver, Failed, Replied
+from mesh.balance import Balancer, Policy
 from mesh.codec import ContentType, EncodedBody
 from mesh.envelope import EnvelopeHeader, OpenedMessage
+from mesh.routing.table import ServiceInstance
 from mesh.subjects import matches, offer
 from mesh.v1 import envelope_pb2
 
@@ -98,6 +101,7 @@ class LocalApps:
         self.serving: dict[bytes, tuple[EnvelopeHeader, Instance]] = {}
         self.dropped = 0
         self._turns = _Turns()
+        self._local = Balancer(random.Random(0))
 
     # --- what the node advertises -----------------------------------------------
 
@@ -180,10 +184,16 @@ class LocalApps:
                 14,  # UNAVAILABLE: the caller's balancer ejects this node and retries
             )
             return
+        # Among the least busy, smooth weighted round-robin by registered weight.
         least = min(i.in_flight for i in instances)
-        instance = self._turns.pick(
-            header.destination, [i for i in instances if i.in_flight == least]
+        idle = {i.name: i for i in instances if i.in_flight == least}
+        chosen = self._local.choose(
+            header.destination,
+            [ServiceInstance(node=name, weight=i.weight) for name, i in idle.items()],
+            0.0,
+            policy=Policy.WEIGHTED,
         )
+        instance = idle[chosen] if chosen is not None else next(iter(idle.values()))
         if instance.builtin is not None:
             self._reply(header, instance.builtin(message), 0)
             return

@@ -112,11 +112,6 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         mode = request.mode or envelope_pb2.DELIVERY_MODE_ASYNC
         now = runtime.clock()
         deadline_ms = int(now * 1000) + request.timeout_ms if request.timeout_ms else 0
-        if request.policy:
-            try:
-                core.set_policy(target.name, request.policy)
-            except MeshError as exc:
-                await self._abort(context, exc)
         if not runtime.has_capacity():
             runtime.count("refused_busy")
             await context.abort(
@@ -138,6 +133,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     deadline_ms=deadline_ms,
                     destination_kind=target.kind or envelope_pb2.DESTINATION_KIND_NODE,
                     message_id=request.message_id or None,
+                    policy=request.policy or None,
                 )
                 waits = [message_id]
         except MeshError as exc:
@@ -169,11 +165,6 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         core = runtime.core
         body = await _encoded(request.body, context)
         kind = request.target.kind or envelope_pb2.DESTINATION_KIND_SERVICE
-        if request.policy:
-            try:
-                core.set_policy(request.target.name, request.policy)
-            except MeshError as exc:
-                await self._abort(context, exc)
         remaining = context.time_remaining()
         timeout_ms = request.timeout_ms or None
         if remaining is not None:
@@ -186,6 +177,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 runtime.clock(),
                 timeout_ms=timeout_ms,
                 destination_kind=kind,
+                policy=request.policy or None,
             )
         except MeshError as exc:
             await self._abort(context, exc)
@@ -303,6 +295,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         )
         runtime.apps.subscriptions.append(subscription)
         runtime.refresh_offers()
+        await context.send_initial_metadata(())  # tells the caller it is attached
         try:
             while True:
                 yield _delivery(await queue.get())
@@ -319,6 +312,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             _, early = runtime.apps.inbox.popitem(last=False)
             queue.put_nowait(early)
         runtime.apps.receivers.add(queue)
+        await context.send_initial_metadata(())  # tells the caller it is attached
         try:
             while True:
                 yield _delivery(await queue.get())
@@ -424,6 +418,10 @@ async def create_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Let SDK clients keep idle streams alive with pings every ~30 s.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 0),
         ]
     )
     link_handler = grpc.method_handlers_generic_handler(

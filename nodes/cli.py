@@ -11,7 +11,7 @@ from rich.console import Console
 from mesh import __version__
 from mesh.crypto import NodeIdentity
 from mesh.errors import MeshError
-from nodes.commands import node, ops, pki
+from nodes.commands import apps, node, ops, pki
 from nodes.demo import run_demo
 from nodes.live_demo import run_live_demo
 
@@ -20,6 +20,7 @@ console = Console()
 pki.register(app)
 node.register(app)
 ops.register(app)
+apps.register(app)
 
 
 @app.command()

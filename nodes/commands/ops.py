@@ -348,61 +348,6 @@ def receive(
         _fail(f"received {received} of {count} messages within {timeout} s")
 
 
-def request(
-    destination: Annotated[str, typer.Argument(help="service (or node) to ask")],
-    body: Annotated[str, typer.Argument(help="the request body")],
-    *,
-    node: NodeOpt = None,
-    timeout: Annotated[
-        float, typer.Option("--timeout", help="seconds to wait for the reply")
-    ] = 5.0,
-    address: AddressOpt = None,
-    state: StateOpt = None,
-    mesh: MeshOpt = None,
-    insecure: InsecureOpt = False,
-    ca: CaOpt = None,
-    cert: CertOpt = None,
-    key: KeyOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Send a request and print the reply (request/reply: not served yet)."""
-    with _one_line_errors():
-        if address is None and node is None:
-            node = next(iter(read_state(find_state_dir(state, mesh)).nodes))
-        target = _target(
-            node=node,
-            address=address,
-            state=state,
-            mesh=mesh,
-            insecure=insecure,
-            ca=ca,
-            cert=cert,
-            key=key,
-        )
-        with AdminClient(target) as client:
-            try:
-                reply = client.request(destination, body.encode(), timeout=timeout)
-            except AdminError as exc:
-                if exc.code == grpc.StatusCode.UNIMPLEMENTED:
-                    _fail(
-                        "request/reply is not served yet: arrives with the delivery issue",
-                        NOT_SERVED_EXIT,
-                    )
-                raise
-    data = bytes(reply.body.data)
-    if as_json:
-        _emit_json(
-            {
-                "message_id": reply.message_id.hex(),
-                "responder": reply.responder,
-                "instance": reply.instance,
-                "body": data.decode("utf-8", errors="replace"),
-            }
-        )
-    else:
-        console.print(data.decode("utf-8", errors="replace"), highlight=False, markup=False)
-
-
 # --- what a node knows ----------------------------------------------------------------------------
 
 
@@ -633,14 +578,13 @@ def trace(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `mesh up/down/status/send/receive/request/routes/peers/topology/stats/trace`."""
+    """Add `mesh up/down/status/send/receive/routes/peers/topology/stats/trace`."""
     for command in (
         up,
         down,
         status,
         send,
         receive,
-        request,
         routes,
         peers,
         topology,

@@ -94,8 +94,12 @@ class DeliveryConfig:
     default_timeout_ms: int = 10_000
     """Deadline of acknowledged messages and requests that set none."""
     retry_initial_s: float = 0.2
-    """First retransmit of an unacked message; doubles per attempt (+-50% jitter)."""
-    retry_max_s: float = 2.0
+    """Least retransmission timeout; the RTO follows acked round trips
+    (srtt + 4 rttvar) and doubles per attempt (+-25% jitter)."""
+    retry_max_s: float = 5.0
+    retransmit_rate: float = 2000.0
+    """Retransmits per second per recipient, at most (a token bucket)."""
+    retransmit_burst: int = 500
     request_attempt_s: float = 1.0
     """A request instance silent this long is ejected and the request retried elsewhere."""
     retry_budget: float = 0.2
@@ -279,6 +283,8 @@ class NodeCore:
         self._timers: list[tuple[float, int, bytes]] = []
         self._timer_seq = itertools.count()
         self._replies: OrderedDict[bytes, Envelope] = OrderedDict()
+        self._rtt: dict[str, tuple[float, float]] = {}
+        self._retransmit_bucket: dict[str, tuple[float, float]] = {}
         self.stats: Counter[str] = Counter()
         self._neighbours: dict[str, _Neighbour] = {}
         self._ecmp_turn: dict[str, int] = {}
@@ -484,7 +490,7 @@ class NodeCore:
             pending.envelope = envelope
             self._pending[message_id] = pending
             actions.append(self._persist(pending, now))
-            self._arm(pending, now + self._backoff(0))
+            self._arm(pending, now + self._backoff(0, target))
         actions += self._send_envelope(envelope, target, now)
         return message_id, self._finish(actions, now)
 
@@ -936,6 +942,8 @@ class NodeCore:
             return []
         del self._pending[header.correlation_id]
         self.stats["acked"] += 1
+        if pending.attempts == 0:  # Karn: only unambiguous round trips are samples
+            self._sample_rtt(header.source, now - pending.started_at)
         if pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE:
             self.balancer.finished(
                 pending.destination, header.source, now, now - pending.attempt_at, ok=True
@@ -1052,7 +1060,7 @@ class NodeCore:
             pending.envelope = envelope
             self._pending[message_id] = pending
             actions.append(self._persist(pending, now))
-            self._arm(pending, now + self._backoff(0))
+            self._arm(pending, now + self._backoff(0, node))
         return message_id, actions + self._send_envelope(envelope, node, now)
 
     def _seal(
@@ -1130,11 +1138,46 @@ class NodeCore:
             deadline_ms=pending.deadline_ms,
         )
 
-    def _backoff(self, attempt: int) -> float:
-        """Retry delay after ``attempt`` tries: exponential, capped, with +-50% jitter."""
+    def _backoff(self, attempt: int, recipient: str = "") -> float:
+        """Retry delay after ``attempt`` tries: the recipient's RTO doubled per
+        attempt, capped, with +-25% jitter."""
         delivery = self.config.delivery
-        base = min(delivery.retry_max_s, delivery.retry_initial_s * 2.0 ** min(attempt, 30))
-        return base * (0.5 + self._rng.random())
+        base = min(delivery.retry_max_s, self._rto(recipient) * 2.0 ** min(attempt, 30))
+        return base * (0.75 + 0.5 * self._rng.random())
+
+    def _rto(self, recipient: str) -> float:
+        """Retransmission timeout to ``recipient``, RFC 6298 style, from acked round trips."""
+        floor = self.config.delivery.retry_initial_s
+        estimate = self._rtt.get(recipient)
+        if estimate is None:
+            return floor
+        srtt, rttvar = estimate
+        return max(floor, srtt + 4 * rttvar)
+
+    def _sample_rtt(self, recipient: str, rtt: float) -> None:
+        estimate = self._rtt.get(recipient)
+        if estimate is None:
+            self._rtt[recipient] = (rtt, rtt / 2)
+            return
+        srtt, rttvar = estimate
+        rttvar = 0.75 * rttvar + 0.25 * abs(srtt - rtt)
+        srtt = 0.875 * srtt + 0.125 * rtt
+        self._rtt[recipient] = (srtt, rttvar)
+
+    def _retransmit_token(self, recipient: str, now: float) -> bool:
+        rate = self.config.delivery.retransmit_rate
+        burst = self.config.delivery.retransmit_burst
+        tokens, last = self._retransmit_bucket.get(recipient, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - last) * rate)
+        if tokens < 1:
+            self._retransmit_bucket[recipient] = (tokens, now)
+            return False
+        self._retransmit_bucket[recipient] = (tokens - 1, now)
+        return True
+
+    def _pace_delay(self) -> float:
+        rate = self.config.delivery.retransmit_rate
+        return (self.config.delivery.retransmit_burst / rate) * (0.5 + self._rng.random())
 
     def _arm(self, pending: _Pending, at: float) -> None:
         # Never later than the deadline, so Failed is reported on time.
@@ -1203,11 +1246,24 @@ class NodeCore:
         return self._attempt(pending, target, now)
 
     def _retry_send(self, pending: _Pending, now: float) -> list[Action]:
-        """No ack yet: resend (re-targeting a service message whose instance is gone)."""
+        """No ack yet: resend (re-targeting a service message whose instance is gone).
+
+        Retransmits are paced per recipient (a token bucket), so a backlog
+        released at once, after a partition heals, cannot flood the path with
+        copies faster than acks can come back; a message with no route waits
+        one RTO without counting an attempt.
+        """
         actions: list[Action] = []
-        pending.attempts += 1
-        self._arm(pending, now + self._backoff(pending.attempts))
         reachable = pending.recipient == self.node_id or self.table.next_hops(pending.recipient)
+        if reachable and not self._retransmit_token(pending.recipient, now):
+            self.stats["retransmits_paced"] += 1
+            self._arm(pending, now + self._pace_delay())
+            return actions
+        if not reachable and pending.destination_kind != envelope_pb2.DESTINATION_KIND_SERVICE:
+            self._arm(pending, now + self._backoff(0, pending.recipient))
+            return actions
+        pending.attempts += 1
+        self._arm(pending, now + self._backoff(pending.attempts, pending.recipient))
         if (
             not reachable
             and pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE

@@ -223,7 +223,7 @@ async def test_acknowledged_messages_survive_a_middle_node_crash_exactly_once(
         handle.kill("b")  # the only path: messages wait in a's outbox
         await asyncio.wait_for(asyncio.gather(*(one(seq) for seq in range(total // 2, total))), 120)
         handle.restart("b")
-        await _wait_for(seen, total, 90)
+        await _wait_for(seen, total, 150)
         assert len(seen) == total, f"lost {total - len(seen)}"
         assert [s for s, n in seen.items() if n > 1] == []
     finally:

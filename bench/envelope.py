@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _bootstrap  # noqa: F401  (before mesh: see bench/_bootstrap.py)
 import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from rich.console import Console

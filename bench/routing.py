@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the driver lives with the unit tests
     sys.path.insert(0, str(ROOT))
 
+
 from mesh.routing.base import RoutingEngine  # noqa: E402
 from mesh.routing.link_state import LinkStateEngine  # noqa: E402
 from mesh.routing.spf import Topology, dijkstra_ecmp  # noqa: E402

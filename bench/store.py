@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _bootstrap  # noqa: F401  (before mesh: see bench/_bootstrap.py)
 from rich.console import Console
 from rich.table import Table
 

@@ -110,6 +110,8 @@ class DeliveryConfig:
     """Replies kept to answer retried requests without re-running the handler."""
     dedupe_capacity: int = 100_000
     dedupe_horizon_ms: int = 600_000
+    traces_kept: int = 10_000
+    """Hop traces of traced messages kept at their destination."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -153,7 +155,7 @@ class CoreConfig:
     cipher: Cipher = Cipher.AES_256_GCM
     """AEAD for envelopes this node seals."""
     trace: bool = False
-    """Append this node's id to the hop trace of every envelope it forwards."""
+    """Trace every envelope this node forwards, not only those whose source asked."""
     max_batch: int = 1024
     """Most envelopes accepted in one batch frame."""
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
@@ -212,6 +214,7 @@ _LINK_TABLE: Mapping[tuple[LinkPhase, FrameKind], str] = {
 }
 
 _SENT_HEARTBEATS_KEPT = 16
+_MAX_TRACE = 64  # hops recorded at most (a trace is peer-controlled input)
 _EMPTY_BODY = EncodedBody(data=b"", content_type=ContentType.RAW)
 # Reply statuses that say the instance (not the request) is in trouble.
 _INSTANCE_FAILURES = frozenset(
@@ -284,6 +287,7 @@ class NodeCore:
         self._timer_seq = itertools.count()
         self._replies: OrderedDict[bytes, Envelope] = OrderedDict()
         self._rtt: dict[str, tuple[float, float]] = {}
+        self._traces: OrderedDict[bytes, list[str]] = OrderedDict()
         self._retransmit_bucket: dict[str, tuple[float, float]] = {}
         self.stats: Counter[str] = Counter()
         self._neighbours: dict[str, _Neighbour] = {}
@@ -434,8 +438,13 @@ class NodeCore:
         recipient: str | None = None,
         message_id: bytes | None = None,
         policy: Policy | str | None = None,
+        trace: bool = False,
     ) -> tuple[bytes, list[Action]]:
         """Seal a message from a local application and send it on its way.
+
+        With ``trace``, every hop appends ``node@unix_ms`` to the envelope's
+        (unauthenticated, informational) trace and the destination keeps it
+        for :meth:`trace_of`.
 
         Returns the message id and the actions. A SERVICE destination goes to
         one instance, chosen by the service's balancing policy, unless
@@ -484,6 +493,8 @@ class NodeCore:
             mode=mode,
             deadline_ms=deadline_ms,
         )
+        if trace:
+            envelope.trace.append(f"{self.node_id}@{int(now * 1000)}")
         actions: list[Action] = []
         if pending is not None:
             pending.recipient = target
@@ -655,6 +666,11 @@ class NodeCore:
     def set_policy(self, service: str, policy: Policy | str) -> None:
         """How requests and messages to ``service`` choose an instance."""
         self.balancer.set_policy(service, policy)
+
+    def trace_of(self, message_id: bytes) -> list[str] | None:
+        """The hops (``node@unix_ms``) of a traced message delivered here, if kept."""
+        hops = self._traces.get(message_id)
+        return None if hops is None else list(hops)
 
     @property
     def pending_count(self) -> int:
@@ -866,8 +882,8 @@ class NodeCore:
                 self.stats["dropped_no_route"] += 1
                 continue
             envelope.ttl -= 1
-            if self.config.trace:
-                envelope.trace.append(self.node_id)
+            if (self.config.trace or envelope.trace) and len(envelope.trace) <= _MAX_TRACE:
+                envelope.trace.append(f"{self.node_id}@{now_ms}")
             self.stats["forwarded"] += 1
             outgoing.setdefault(hop, []).append(envelope)
         actions += [self._batch(hop, batch) for hop, batch in outgoing.items()]
@@ -883,6 +899,11 @@ class NodeCore:
             return [self._reject(peer, exc, "delivery")]
         header = opened.header
         kind = header.kind
+        if envelope.trace:
+            hops = [*envelope.trace[:_MAX_TRACE], f"{self.node_id}@{now_ms}"]
+            self._traces[header.message_id] = hops
+            while len(self._traces) > self.config.delivery.traces_kept:
+                self._traces.popitem(last=False)
         if kind == envelope_pb2.ENVELOPE_KIND_ACK:
             return self._on_end_to_end_ack(header, now)
         if kind == envelope_pb2.ENVELOPE_KIND_REPLY:

@@ -458,12 +458,14 @@ class AdminClient:
         content_type: envelope_pb2.ContentType = envelope_pb2.CONTENT_TYPE_RAW,
         kind: envelope_pb2.DestinationKind = envelope_pb2.DESTINATION_KIND_NODE,
         body_type: str = "",
+        trace: bool = False,
     ) -> bytes:
         """Send one message (ASYNC: at most once); returns its message id."""
         request = client_pb2.SendRequest(
             target=client_pb2.Address(kind=kind, name=destination),
             body=client_pb2.Body(content_type=content_type, body_type=body_type, data=data),
             mode=envelope_pb2.DELIVERY_MODE_ASYNC,
+            trace=trace,
         )
         response = self._call("Send", self._client.Send, request)
         return bytes(response.message_id)

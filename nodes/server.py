@@ -134,6 +134,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     destination_kind=target.kind or envelope_pb2.DESTINATION_KIND_NODE,
                     message_id=request.message_id or None,
                     policy=request.policy or None,
+                    trace=request.trace,
                 )
                 waits = [message_id]
         except MeshError as exc:
@@ -404,8 +405,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def Trace(
         self, request: admin_pb2.TraceRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.TraceResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "message traces are not kept yet")
-        raise AssertionError("unreachable")
+        hops = self.runtime.core.trace_of(request.message_id)
+        if hops is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no trace of message {request.message_id.hex()} here: ask its destination, "
+                "and send it with trace on",
+            )
+        return admin_pb2.TraceResponse(hops=hops)
 
 
 async def create_server(

@@ -8,8 +8,12 @@ what equal-cost multipath must keep.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from typing import Any
 
 import networkx as nx
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
 
 from mesh.routing.table import Route, RoutingTable
 
@@ -75,3 +79,76 @@ def forwarding_path(
 
 
 __all__ = ["expected_table", "expected_tables", "forwarding_path"]
+
+
+class GroundTruth:
+    """Shortest paths of one graph, computed once in arrays (scipy) and read often.
+
+    What the simulator checks tables against and measures stretch with; a new
+    instance per graph change. Rows of the distance matrix are computed for
+    all nodes at once up to ``dense_limit`` nodes, lazily per source above.
+    """
+
+    def __init__(self, graph: nx.Graph, dense_limit: int = 3000) -> None:
+        self.graph = graph
+        self.nodes: list[str] = [str(n) for n in graph.nodes]
+        self.index: dict[str, int] = {n: i for i, n in enumerate(self.nodes)}
+        size = len(self.nodes)
+        rows, cols, data = [], [], []
+        for u, v, attrs in graph.edges(data=True):
+            i, j = self.index[str(u)], self.index[str(v)]
+            cost = float(attrs.get("cost", 1))
+            rows += [i, j]
+            cols += [j, i]
+            data += [cost, cost]
+        self._matrix = csr_matrix((data, (rows, cols)), shape=(size, size))
+        self._rows: dict[int, Any] = {}
+        self._tables: dict[str, RoutingTable] = {}
+        if 0 < size <= dense_limit:
+            self._fill(list(range(size)))
+
+    def _fill(self, sources: list[int]) -> None:
+        missing = [s for s in sources if s not in self._rows]
+        if not missing:
+            return
+        dist = dijkstra(self._matrix, directed=False, indices=missing)
+        for k, s in enumerate(missing):
+            self._rows[s] = dist[k]
+
+    def distance(self, source: str, destination: str) -> int | None:
+        """Shortest path cost, or None when there is no path (or a node is absent)."""
+        i = self.index.get(source)
+        j = self.index.get(destination)
+        if i is None or j is None:
+            return None
+        self._fill([i])
+        value = self._rows[i][j]
+        return None if value == float("inf") else int(value)
+
+    def table(self, node: str) -> RoutingTable:
+        """The table ``node`` must hold (as :func:`expected_table`, much faster)."""
+        cached = self._tables.get(node)
+        if cached is not None:
+            return cached
+        i = self.index[node]
+        neighbours = [
+            (self.index[str(n)], str(n), int(self.graph.edges[node, n].get("cost", 1)))
+            for n in self.graph.neighbors(node)
+        ]
+        self._fill([i] + [j for j, _, _ in neighbours])
+        row = self._rows[i]
+        reachable = np.flatnonzero(np.isfinite(row))
+        first: dict[int, set[str]] = {}
+        for j, name, cost in neighbours:
+            hits = np.flatnonzero(self._rows[j][reachable] + cost == row[reachable])
+            for d in reachable[hits].tolist():
+                first.setdefault(d, set()).add(name)
+        destinations = [self.nodes[d] for d in reachable.tolist()]
+        costs = [int(c) for c in row[reachable].tolist()]
+        hops = [frozenset() if d == i else frozenset(first.get(d, ())) for d in reachable.tolist()]
+        table = RoutingTable.from_columns(destinations, costs, hops)
+        self._tables[node] = table
+        return table
+
+
+__all__ += ["GroundTruth"]

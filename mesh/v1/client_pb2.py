@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mesh.v1 import envelope_pb2 as mesh_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mesh/v1/client.proto\x12\x07mesh.v1\x1a\x16mesh/v1/envelope.proto\"?\n\x07\x41\x64\x64ress\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.mesh.v1.DestinationKind\x12\x0c\n\x04name\x18\x02 \x01(\t\"S\n\x04\x42ody\x12*\n\x0c\x63ontent_type\x18\x01 \x01(\x0e\x32\x14.mesh.v1.ContentType\x12\x11\n\tbody_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xbf\x01\n\x0bSendRequest\x12 \n\x06target\x18\x01 \x01(\x0b\x32\x10.mesh.v1.Address\x12\x1b\n\x04\x62ody\x18\x02 \x01(\x0b\x32\r.mesh.v1.Body\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.mesh.v1.DeliveryMode\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x12\n\nmessage_id\x18\x05 \x01(\x0c\x12\x14\n\x0cwait_for_ack\x18\x06 \x01(\x08\x12\x0e\n\x06policy\x18\x07 \x01(\t\"H\n\x0cSendResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\x14\n\x0c\x61\x63knowledged\x18\x02 \x01(\x08\x12\x0e\n\x06\x63opies\x18\x03 \x01(\r\"s\n\x0eRequestMessage\x12 \n\x06target\x18\x01 \x01(\x0b\x32\x10.mesh.v1.Address\x12\x1b\n\x04\x62ody\x18\x02 \x01(\x0b\x32\r.mesh.v1.Body\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x0e\n\x06policy\x18\x04 \x01(\t\"d\n\x0cReplyMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\x1b\n\x04\x62ody\x18\x02 \x01(\x0b\x32\r.mesh.v1.Body\x12\x11\n\tresponder\x18\x03 \x01(\t\x12\x10\n\x08instance\x18\x04 \x01(\t\"H\n\x13ServiceRegistration\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r\x12\x10\n\x08instance\x18\x03 \x01(\t\"^\n\x0cHandlerReply\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x1b\n\x04\x62ody\x18\x02 \x01(\x0b\x32\r.mesh.v1.Body\x12\x0e\n\x06status\x18\x03 \x01(\r\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"q\n\rServeUpstream\x12\x30\n\x08register\x18\x01 \x01(\x0b\x32\x1c.mesh.v1.ServiceRegistrationH\x00\x12&\n\x05reply\x18\x02 \x01(\x0b\x32\x15.mesh.v1.HandlerReplyH\x00\x42\x06\n\x04\x62ody\"\xb2\x01\n\x08\x44\x65livery\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\x0e\n\x06source\x18\x02 \x01(\t\x12%\n\x0b\x64\x65stination\x18\x03 \x01(\x0b\x32\x10.mesh.v1.Address\x12\x1b\n\x04\x62ody\x18\x04 \x01(\x0b\x32\r.mesh.v1.Body\x12\x12\n\ncreated_ms\x18\x05 \x01(\x04\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x04\x12\x15\n\rexpects_reply\x18\x07 \x01(\x08\"s\n\x0fServeDownstream\x12\x32\n\nregistered\x18\x01 \x01(\x0b\x32\x1c.mesh.v1.ServiceRegistrationH\x00\x12$\n\x07request\x18\x02 \x01(\x0b\x32\x11.mesh.v1.DeliveryH\x00\x42\x06\n\x04\x62ody\"2\n\x10SubscribeRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"\x10\n\x0eReceiveRequest2\xb4\x02\n\rClientService\x12\x33\n\x04Send\x12\x14.mesh.v1.SendRequest\x1a\x15.mesh.v1.SendResponse\x12\x39\n\x07Request\x12\x17.mesh.v1.RequestMessage\x1a\x15.mesh.v1.ReplyMessage\x12=\n\x05Serve\x12\x16.mesh.v1.ServeUpstream\x1a\x18.mesh.v1.ServeDownstream(\x01\x30\x01\x12;\n\tSubscribe\x12\x19.mesh.v1.SubscribeRequest\x1a\x11.mesh.v1.Delivery0\x01\x12\x37\n\x07Receive\x12\x17.mesh.v1.ReceiveRequest\x1a\x11.mesh.v1.Delivery0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mesh/v1/client.proto\x12\x07mesh.v1\x1a\x16mesh/v1/envelope.proto\"?\n\x07\x41\x64\x64ress\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.mesh.v1.DestinationKind\x12\x0c\n\x04name\x18\x02 \x01(\t\"S\n\x04\x42ody\x12*\n\x0c\x63ontent_type\x18\x01 \x01(\x0e\x32\x14.mesh.v1.ContentType\x12\x11\n\tbody_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xce\x01\n\x0bSendRequest\x12 \n\x06target\x18\x01 \x01(\x0b\x32\x10.mesh.v1.Address\x12\x1b\n\x04\x62ody\x18\x02 \x01(\x0b\x32\r.mesh.v1.Body\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.mesh.v1.DeliveryMode\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x12\n\nmessage_id\x18\x05 \x01(\x0c\x12\x14\n\x0cwait_for_ack\x18\x06 \x01(\x08\x12\x0e\n\x06policy\x18\x07 \x01(\t\x12\r\n\x05trace\x18\x08 \x01(\x08\"H\n\x0cSendResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\x14\n\x0c\x61\x63knowledged\x18\x02 \x01(\x08\x12\x0e\n\x06\x63opies\x18\x03 \x01(\r\"s\n\x0eRequestMessage\x12 \n\x06target\x18\x01 \x01(\x0b\x32\x10.mesh.v1.Address\x12\x1b\n\x04\x62ody\x18\x02 \x01(\x0b\x32\r.mesh.v1.Body\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x0e\n\x06policy\x18\x04 \x01(\t\"d\n\x0cReplyMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\x1b\n\x04\x62ody\x18\x02 \x01(\x0b\x32\r.mesh.v1.Body\x12\x11\n\tresponder\x18\x03 \x01(\t\x12\x10\n\x08instance\x18\x04 \x01(\t\"H\n\x13ServiceRegistration\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r\x12\x10\n\x08instance\x18\x03 \x01(\t\"^\n\x0cHandlerReply\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x1b\n\x04\x62ody\x18\x02 \x01(\x0b\x32\r.mesh.v1.Body\x12\x0e\n\x06status\x18\x03 \x01(\r\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"q\n\rServeUpstream\x12\x30\n\x08register\x18\x01 \x01(\x0b\x32\x1c.mesh.v1.ServiceRegistrationH\x00\x12&\n\x05reply\x18\x02 \x01(\x0b\x32\x15.mesh.v1.HandlerReplyH\x00\x42\x06\n\x04\x62ody\"\xb2\x01\n\x08\x44\x65livery\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\x0e\n\x06source\x18\x02 \x01(\t\x12%\n\x0b\x64\x65stination\x18\x03 \x01(\x0b\x32\x10.mesh.v1.Address\x12\x1b\n\x04\x62ody\x18\x04 \x01(\x0b\x32\r.mesh.v1.Body\x12\x12\n\ncreated_ms\x18\x05 \x01(\x04\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x04\x12\x15\n\rexpects_reply\x18\x07 \x01(\x08\"s\n\x0fServeDownstream\x12\x32\n\nregistered\x18\x01 \x01(\x0b\x32\x1c.mesh.v1.ServiceRegistrationH\x00\x12$\n\x07request\x18\x02 \x01(\x0b\x32\x11.mesh.v1.DeliveryH\x00\x42\x06\n\x04\x62ody\"2\n\x10SubscribeRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"\x10\n\x0eReceiveRequest2\xb4\x02\n\rClientService\x12\x33\n\x04Send\x12\x14.mesh.v1.SendRequest\x1a\x15.mesh.v1.SendResponse\x12\x39\n\x07Request\x12\x17.mesh.v1.RequestMessage\x1a\x15.mesh.v1.ReplyMessage\x12=\n\x05Serve\x12\x16.mesh.v1.ServeUpstream\x1a\x18.mesh.v1.ServeDownstream(\x01\x30\x01\x12;\n\tSubscribe\x12\x19.mesh.v1.SubscribeRequest\x1a\x11.mesh.v1.Delivery0\x01\x12\x37\n\x07Receive\x12\x17.mesh.v1.ReceiveRequest\x1a\x11.mesh.v1.Delivery0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,27 +37,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BODY']._serialized_start=122
   _globals['_BODY']._serialized_end=205
   _globals['_SENDREQUEST']._serialized_start=208
-  _globals['_SENDREQUEST']._serialized_end=399
-  _globals['_SENDRESPONSE']._serialized_start=401
-  _globals['_SENDRESPONSE']._serialized_end=473
-  _globals['_REQUESTMESSAGE']._serialized_start=475
-  _globals['_REQUESTMESSAGE']._serialized_end=590
-  _globals['_REPLYMESSAGE']._serialized_start=592
-  _globals['_REPLYMESSAGE']._serialized_end=692
-  _globals['_SERVICEREGISTRATION']._serialized_start=694
-  _globals['_SERVICEREGISTRATION']._serialized_end=766
-  _globals['_HANDLERREPLY']._serialized_start=768
-  _globals['_HANDLERREPLY']._serialized_end=862
-  _globals['_SERVEUPSTREAM']._serialized_start=864
-  _globals['_SERVEUPSTREAM']._serialized_end=977
-  _globals['_DELIVERY']._serialized_start=980
-  _globals['_DELIVERY']._serialized_end=1158
-  _globals['_SERVEDOWNSTREAM']._serialized_start=1160
-  _globals['_SERVEDOWNSTREAM']._serialized_end=1275
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1277
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1327
-  _globals['_RECEIVEREQUEST']._serialized_start=1329
-  _globals['_RECEIVEREQUEST']._serialized_end=1345
-  _globals['_CLIENTSERVICE']._serialized_start=1348
-  _globals['_CLIENTSERVICE']._serialized_end=1656
+  _globals['_SENDREQUEST']._serialized_end=414
+  _globals['_SENDRESPONSE']._serialized_start=416
+  _globals['_SENDRESPONSE']._serialized_end=488
+  _globals['_REQUESTMESSAGE']._serialized_start=490
+  _globals['_REQUESTMESSAGE']._serialized_end=605
+  _globals['_REPLYMESSAGE']._serialized_start=607
+  _globals['_REPLYMESSAGE']._serialized_end=707
+  _globals['_SERVICEREGISTRATION']._serialized_start=709
+  _globals['_SERVICEREGISTRATION']._serialized_end=781
+  _globals['_HANDLERREPLY']._serialized_start=783
+  _globals['_HANDLERREPLY']._serialized_end=877
+  _globals['_SERVEUPSTREAM']._serialized_start=879
+  _globals['_SERVEUPSTREAM']._serialized_end=992
+  _globals['_DELIVERY']._serialized_start=995
+  _globals['_DELIVERY']._serialized_end=1173
+  _globals['_SERVEDOWNSTREAM']._serialized_start=1175
+  _globals['_SERVEDOWNSTREAM']._serialized_end=1290
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1292
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1342
+  _globals['_RECEIVEREQUEST']._serialized_start=1344
+  _globals['_RECEIVEREQUEST']._serialized_end=1360
+  _globals['_CLIENTSERVICE']._serialized_start=1363
+  _globals['_CLIENTSERVICE']._serialized_end=1671
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ class Body(_message.Message):
     def __init__(self, content_type: _Optional[_Union[_envelope_pb2.ContentType, str]] = ..., body_type: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SendRequest(_message.Message):
-    __slots__ = ("target", "body", "mode", "timeout_ms", "message_id", "wait_for_ack", "policy")
+    __slots__ = ("target", "body", "mode", "timeout_ms", "message_id", "wait_for_ack", "policy", "trace")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class SendRequest(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_FOR_ACK_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
     target: Address
     body: Body
     mode: _envelope_pb2.DeliveryMode
@@ -40,7 +41,8 @@ class SendRequest(_message.Message):
     message_id: bytes
     wait_for_ack: bool
     policy: str
-    def __init__(self, target: _Optional[_Union[Address, _Mapping]] = ..., body: _Optional[_Union[Body, _Mapping]] = ..., mode: _Optional[_Union[_envelope_pb2.DeliveryMode, str]] = ..., timeout_ms: _Optional[int] = ..., message_id: _Optional[bytes] = ..., wait_for_ack: _Optional[bool] = ..., policy: _Optional[str] = ...) -> None: ...
+    trace: bool
+    def __init__(self, target: _Optional[_Union[Address, _Mapping]] = ..., body: _Optional[_Union[Body, _Mapping]] = ..., mode: _Optional[_Union[_envelope_pb2.DeliveryMode, str]] = ..., timeout_ms: _Optional[int] = ..., message_id: _Optional[bytes] = ..., wait_for_ack: _Optional[bool] = ..., policy: _Optional[str] = ..., trace: _Optional[bool] = ...) -> None: ...
 
 class SendResponse(_message.Message):
     __slots__ = ("message_id", "acknowledged", "copies")

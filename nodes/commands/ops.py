@@ -246,6 +246,9 @@ def send(
     ca: CaOpt = None,
     cert: CertOpt = None,
     key: KeyOpt = None,
+    trace: Annotated[
+        bool, typer.Option("--trace", help="record the hops; see them with `mesh trace`")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Send BODY to DESTINATION (at most once, no ack); prints the message id.
@@ -287,7 +290,9 @@ def send(
             key=key,
         )
         with AdminClient(target) as client:
-            message_id = client.send(destination, data, content_type=content_type, kind=kind)
+            message_id = client.send(
+                destination, data, content_type=content_type, kind=kind, trace=trace
+            )
     via = target.node_id or target.address
     if as_json:
         _emit_json({"message_id": message_id.hex(), "via": via, "destination": destination})
@@ -548,7 +553,7 @@ def trace(
     key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show the hops a message took (needs traces kept by the node: not served yet)."""
+    """Show the hops a traced message took, with per-hop latency (ask its destination)."""
     try:
         wanted = bytes.fromhex(message_id)
     except ValueError:
@@ -571,10 +576,34 @@ def trace(
                 if exc.code == grpc.StatusCode.UNIMPLEMENTED:
                     _fail(f"message traces are not served yet ({exc})", NOT_SERVED_EXIT)
                 raise
+    steps = _hops(hops)
     if as_json:
-        _emit_json({"message_id": message_id, "hops": hops})
-    else:
-        console.print(" -> ".join(hops) or "(no hops recorded)", highlight=False)
+        _emit_json({"message_id": message_id, "hops": steps})
+        return
+    table = Table(title=f"path of {message_id[:16]}...")
+    table.add_column("hop", justify="right")
+    table.add_column("node")
+    table.add_column("at (unix ms)", justify="right")
+    table.add_column("since previous", justify="right")
+    for index, step in enumerate(steps):
+        delta = step["ms_since_previous"]
+        table.add_row(
+            str(index), step["node"], str(step["at_ms"]), "-" if delta is None else f"{delta} ms"
+        )
+    console.print(table)
+
+
+def _hops(hops: list[str]) -> list[dict[str, Any]]:
+    """``node@unix_ms`` entries with the latency of each hop."""
+    steps: list[dict[str, Any]] = []
+    previous: int | None = None
+    for hop in hops:
+        node, _, at = hop.rpartition("@")
+        at_ms = int(at) if at.isdigit() else None
+        delta = None if at_ms is None or previous is None else at_ms - previous
+        steps.append({"node": node or hop, "at_ms": at_ms, "ms_since_previous": delta})
+        previous = at_ms
+    return steps
 
 
 def register(app: typer.Typer) -> None:

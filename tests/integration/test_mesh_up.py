@@ -187,3 +187,21 @@ def test_cli_errors_are_one_line(line5: MeshHandle) -> None:
     traced = run_cli("trace", "00" * 16, "--node", "n1", "--state", state)
     assert traced.returncode == 2
     assert "UNIMPLEMENTED" in traced.stderr
+
+
+def test_trace_shows_the_path_with_per_hop_times(
+    mesh_factory: Callable[..., MeshHandle],
+) -> None:
+    handle = mesh_factory("line5.yaml")
+    state = str(handle.state_dir)
+    sent = cli_json("send", "n5", '{"traced": true}', "--node", "n1", "--trace", "--state", state)
+    deadline = time.monotonic() + 10
+    while True:
+        result = run_cli("trace", sent["message_id"], "--node", "n5", "--state", state, "--json")
+        if result.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert result.returncode == 0, result.stderr
+    hops = json.loads(result.stdout)["hops"]
+    assert [hop["node"] for hop in hops] == ["n1", "n2", "n3", "n4", "n5"]
+    assert all(hop["ms_since_previous"] >= 0 for hop in hops[1:])

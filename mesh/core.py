@@ -564,21 +564,10 @@ class NodeCore:
         A non-OK reply carries the error text as its body.
         """
         to = request.reply_to or request.source
-        header = Header(
-            message_id=self._random_bytes(16),
-            source=self.node_id,
-            destination_kind=envelope_pb2.DESTINATION_KIND_NODE,
-            destination=to,
-            recipient=to,
-            mode=envelope_pb2.DELIVERY_MODE_ASYNC,
-            kind=envelope_pb2.ENVELOPE_KIND_REPLY,
-            created_ms=int(now * 1000),
-            deadline_ms=request.deadline_ms,
-            correlation_id=request.message_id,
-            status=int(status),
-        )
         try:
-            envelope = self.sealer.seal(header, body, ttl=self.config.default_ttl)
+            envelope = self._seal_answer(
+                request, envelope_pb2.ENVELOPE_KIND_REPLY, body, now, status=status
+            )
         except MeshError as exc:
             return self._finish([self._reject("", exc, "reply")], now)
         self._replies[request.message_id] = envelope
@@ -937,24 +926,38 @@ class NodeCore:
         return actions
 
     def _ack(self, header: EnvelopeHeader, now: float) -> list[Action]:
-        to = header.reply_to or header.source
-        ack = Header(
+        try:
+            envelope = self._seal_answer(header, envelope_pb2.ENVELOPE_KIND_ACK, _EMPTY_BODY, now)
+        except MeshError as exc:
+            return [self._reject("", exc, "ack")]
+        self.stats["acks_sent"] += 1
+        return self._send_envelope(envelope, header.reply_to or header.source, now)
+
+    def _seal_answer(
+        self,
+        question: EnvelopeHeader,
+        kind: envelope_pb2.EnvelopeKind,
+        body: EncodedBody,
+        now: float,
+        *,
+        status: Status = Status.OK,
+    ) -> Envelope:
+        """An ACK or REPLY to ``question``, sealed to whoever asked (reply_to or source)."""
+        to = question.reply_to or question.source
+        header = Header(
             message_id=self._random_bytes(16),
             source=self.node_id,
             destination_kind=envelope_pb2.DESTINATION_KIND_NODE,
             destination=to,
             recipient=to,
             mode=envelope_pb2.DELIVERY_MODE_ASYNC,
-            kind=envelope_pb2.ENVELOPE_KIND_ACK,
+            kind=kind,
             created_ms=int(now * 1000),
-            correlation_id=header.message_id,
+            deadline_ms=question.deadline_ms if kind == envelope_pb2.ENVELOPE_KIND_REPLY else 0,
+            correlation_id=question.message_id,
+            status=int(status),
         )
-        try:
-            envelope = self.sealer.seal(ack, _EMPTY_BODY, ttl=self.config.default_ttl)
-        except MeshError as exc:
-            return [self._reject("", exc, "ack")]
-        self.stats["acks_sent"] += 1
-        return self._send_envelope(envelope, to, now)
+        return self.sealer.seal(header, body, ttl=self.config.default_ttl)
 
     def _on_end_to_end_ack(self, header: EnvelopeHeader, now: float) -> list[Action]:
         pending = self._pending.get(header.correlation_id)

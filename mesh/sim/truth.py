@@ -18,41 +18,56 @@ from scipy.sparse.csgraph import dijkstra
 from mesh.routing.table import Route, RoutingTable
 
 
-def _cost(graph: nx.Graph, u: Hashable, v: Hashable) -> int:
-    return int(graph.edges[u, v].get("cost", 1))
+def normalise(graph: nx.Graph) -> nx.Graph:
+    """A copy of ``graph`` with ``str`` node ids and an integer ``cost`` on every edge."""
+    out = nx.Graph()
+    out.add_nodes_from(str(n) for n in graph.nodes)
+    for u, v, data in graph.edges(data=True):
+        out.add_edge(str(u), str(v), cost=int(data.get("cost", 1)))
+    return out
 
 
-def expected_table(graph: nx.Graph, source: Hashable) -> RoutingTable:
-    """The routing table ``source`` must converge to on ``graph`` (edge attribute ``cost``)."""
-    dist: Mapping[Hashable, int] = nx.single_source_dijkstra_path_length(
-        graph, source, weight=lambda u, v, d: int(d.get("cost", 1))
-    )
-    # Distances from every neighbour, to find all first hops of all shortest paths.
-    neighbour_dist = {
-        n: nx.single_source_dijkstra_path_length(
-            graph, n, weight=lambda u, v, d: int(d.get("cost", 1))
-        )
-        for n in graph.neighbors(source)
-    }
+def _table(
+    g: nx.Graph,
+    source: str,
+    dist: Mapping[str, int],
+    neighbour_dist: Mapping[str, Mapping[str, int]],
+) -> RoutingTable:
+    """Neighbour ``n`` is a next hop to ``d`` exactly when cost(s, n) + dist(n, d) == dist(s, d)."""
     routes: dict[str, Route] = {}
     for destination, cost in dist.items():
-        if destination == source:
-            routes[str(source)] = Route(destination=str(source), cost=0, next_hops=frozenset())
-            continue
         hops = frozenset(
-            str(n)
+            n
             for n, nd in neighbour_dist.items()
-            if destination in nd and _cost(graph, source, n) + nd[destination] == cost
+            if destination in nd and g.edges[source, n]["cost"] + nd[destination] == cost
         )
-        routes[str(destination)] = Route(
-            destination=str(destination), cost=int(cost), next_hops=hops
+        routes[destination] = Route(
+            destination=destination,
+            cost=int(cost),
+            next_hops=hops if destination != source else frozenset(),
         )
     return RoutingTable(routes)
 
 
+def expected_table(graph: nx.Graph, source: Hashable) -> RoutingTable:
+    """The routing table ``source`` must converge to on ``graph`` (edge attribute ``cost``).
+
+    Single source plus its neighbours: cheaper than all pairs on big graphs.
+    """
+    g = normalise(graph)
+    s = str(source)
+    dist = nx.single_source_dijkstra_path_length(g, s, weight="cost")
+    neighbour_dist = {
+        n: nx.single_source_dijkstra_path_length(g, n, weight="cost") for n in g.neighbors(s)
+    }
+    return _table(g, s, dist, neighbour_dist)
+
+
 def expected_tables(graph: nx.Graph) -> dict[str, RoutingTable]:
-    """:func:`expected_table` for every node, keyed by ``str(node)``."""
-    return {str(node): expected_table(graph, node) for node in graph.nodes}
+    """Every node's correct table, keyed by ``str(node)`` (all pairs at once)."""
+    g = normalise(graph)
+    dist = dict(nx.all_pairs_dijkstra_path_length(g, weight="cost"))
+    return {s: _table(g, s, dist[s], {n: dist[n] for n in g.neighbors(s)}) for s in g.nodes}
 
 
 def forwarding_path(
@@ -76,9 +91,6 @@ def forwarding_path(
         seen.add(node)
         path.append(node)
     return path
-
-
-__all__ = ["expected_table", "expected_tables", "forwarding_path"]
 
 
 class GroundTruth:
@@ -151,4 +163,4 @@ class GroundTruth:
         return table
 
 
-__all__ += ["GroundTruth"]
+__all__ = ["GroundTruth", "expected_table", "expected_tables", "forwarding_path", "normalise"]

@@ -43,7 +43,8 @@ import networkx as nx
 
 from mesh.errors import RemoteError
 from mesh.routing.base import Outgoing, RoutingEngine
-from mesh.routing.table import Route, RoutingTable
+from mesh.routing.table import RoutingTable
+from mesh.sim.truth import expected_table, expected_tables, normalise
 from mesh.v1 import peer_pb2
 
 __all__ = [
@@ -135,15 +136,6 @@ class _Counters:
 
 def _link(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a <= b else (b, a)
-
-
-def normalise(graph: nx.Graph) -> nx.Graph:
-    """A copy of ``graph`` with ``str`` node ids and an integer ``cost`` on every edge."""
-    out = nx.Graph()
-    out.add_nodes_from(str(n) for n in graph.nodes)
-    for u, v, data in graph.edges(data=True):
-        out.add_edge(str(u), str(v), cost=int(data.get("cost", 1)))
-    return out
 
 
 class Driver:
@@ -430,53 +422,6 @@ class Driver:
 
 
 # --- ground truth ------------------------------------------------------------
-
-
-def _weight(graph: nx.Graph) -> Callable[[str, str], int]:
-    def w(u: str, v: str) -> int:
-        return int(graph.edges[u, v].get("cost", 1))
-
-    return w
-
-
-def expected_tables(graph: nx.Graph) -> dict[str, RoutingTable]:
-    """Every node's correct table, computed with networkx (all pairs).
-
-    Cost is the shortest path length; next hops are the first hops of *all*
-    shortest paths: neighbour ``n`` of ``s`` is one for ``d`` exactly when
-    ``cost(s, n) + dist(n, d) == dist(s, d)`` (costs are positive). Unreachable
-    destinations are absent. Node ids are ``str`` of the graph's labels.
-    """
-    g = normalise(graph)
-    dist = dict(nx.all_pairs_dijkstra_path_length(g, weight="cost"))
-    w = _weight(g)
-    out: dict[str, RoutingTable] = {}
-    for s in g.nodes:
-        ds = dist[s]
-        routes: dict[str, Route] = {}
-        for d, cost in ds.items():
-            hops = frozenset(
-                n for n in g.neighbors(s) if d in dist[n] and w(s, n) + dist[n][d] == cost
-            )
-            routes[d] = Route(
-                destination=d, cost=int(cost), next_hops=hops if d != s else frozenset()
-            )
-        out[s] = RoutingTable(routes)
-    return out
-
-
-def expected_table(graph: nx.Graph, source: Hashable) -> RoutingTable:
-    """One node's correct table (single source plus its neighbours; cheaper on big graphs)."""
-    g = normalise(graph)
-    s = str(source)
-    w = _weight(g)
-    ds = nx.single_source_dijkstra_path_length(g, s, weight="cost")
-    dn = {n: nx.single_source_dijkstra_path_length(g, n, weight="cost") for n in g.neighbors(s)}
-    routes: dict[str, Route] = {}
-    for d, cost in ds.items():
-        hops = frozenset(n for n, dd in dn.items() if d in dd and w(s, n) + dd[d] == cost)
-        routes[d] = Route(destination=d, cost=int(cost), next_hops=hops if d != s else frozenset())
-    return RoutingTable(routes)
 
 
 def forwarding_path(

@@ -23,7 +23,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import grpc
 import networkx as nx
 import typer
 from rich.console import Console
@@ -45,8 +44,6 @@ from nodes.admin_client import (
 console = Console()
 errors = Console(stderr=True)
 
-NOT_SERVED_EXIT = 2
-"""Exit code when a node answers UNIMPLEMENTED: the feature arrives with a later issue."""
 
 # --- shared options -------------------------------------------------------------------------------
 
@@ -570,12 +567,7 @@ def trace(
             key=key,
         )
         with AdminClient(target) as client:
-            try:
-                hops = client.trace(wanted)
-            except AdminError as exc:
-                if exc.code == grpc.StatusCode.UNIMPLEMENTED:
-                    _fail(f"message traces are not served yet ({exc})", NOT_SERVED_EXIT)
-                raise
+            hops = client.trace(wanted)
     steps = _hops(hops)
     if as_json:
         _emit_json({"message_id": message_id, "hops": steps})

@@ -178,15 +178,14 @@ def test_cli_errors_are_one_line(line5: MeshHandle) -> None:
     # No node of the line offers "echo": refused with a status (or, before the delivery
     # issue, "not served yet" and exit 2); one line either way.
     unserved = run_cli("request", "echo", "hi", "--node", "n1", "--state", state)
-    assert unserved.returncode in (1, 2)
+    assert unserved.returncode == 1
     assert unserved.stderr.startswith("error:")
+    assert "no reachable instance of service 'echo'" in unserved.stderr
     assert len(unserved.stderr.strip().splitlines()) == 1
-    if unserved.returncode == 2:
-        assert "not served yet" in unserved.stderr
 
     traced = run_cli("trace", "00" * 16, "--node", "n1", "--state", state)
-    assert traced.returncode == 2
-    assert "UNIMPLEMENTED" in traced.stderr
+    assert traced.returncode == 1
+    assert "NOT_FOUND" in traced.stderr and len(traced.stderr.strip().splitlines()) == 1
 
 
 def test_trace_shows_the_path_with_per_hop_times(

@@ -11,7 +11,7 @@ from rich.console import Console
 from mesh import __version__
 from mesh.crypto import NodeIdentity
 from mesh.errors import MeshError
-from nodes.commands import apps, node, ops, pki, sim
+from nodes.commands import apps, lab, node, ops, pki, sim
 from nodes.demo import run_demo
 from nodes.live_demo import run_live_demo
 
@@ -22,6 +22,7 @@ node.register(app)
 ops.register(app)
 apps.register(app)
 sim.register(app)  # after ops: it turns `mesh topology` into a group
+lab.register(app)
 
 
 @app.command()

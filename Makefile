@@ -32,8 +32,8 @@ check-proto: $(STAMP)
 	done; rm -rf $$tmp; echo "generated code is up to date"
 
 lint: $(STAMP)
-	$(BIN)/ruff check mesh nodes tests bench
-	$(BIN)/ruff format --check mesh nodes tests bench
+	$(BIN)/ruff check mesh nodes tests bench deploy
+	$(BIN)/ruff format --check mesh nodes tests bench deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -382,6 +382,8 @@ class NodeConfig(_Model):
     """Run without TLS (tests and local demos only); exclusive with ``tls``."""
     metrics_port: Port | None = None
     """Prometheus metrics port; None serves no metrics endpoint."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds; 0.0.0.0 (or ::) in a container or pod."""
     neighbours: list[Neighbour] = []
     services: dict[Name, ServiceSpec] = {}
     subjects: list[Subject] = []

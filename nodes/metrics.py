@@ -89,11 +89,11 @@ class NodeCollector(Collector):
         yield routes
 
 
-def start_metrics(runtime: NodeRuntime, port: int) -> int:
-    """Serve this node's metrics over HTTP on 127.0.0.1:``port``; returns the port."""
+def start_metrics(runtime: NodeRuntime, port: int, host: str = "127.0.0.1") -> int:
+    """Serve this node's metrics over HTTP on ``host:port``; returns the port."""
     registry = CollectorRegistry()
     registry.register(NodeCollector(runtime))
-    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
     return int(server.server_port)
 
 

@@ -519,7 +519,7 @@ async def serve(config: NodeConfig, ready_file: Path | None = None) -> int:
     server, port, health_servicer = await create_server(runtime, config.listen, credentials)
     metrics_port = None
     if config.metrics_port is not None:
-        metrics_port = start_metrics(runtime, config.metrics_port)
+        metrics_port = start_metrics(runtime, config.metrics_port, config.metrics_host)
     await runtime.start()
     host = config.listen.rsplit(":", 1)[0]
     log.info(

@@ -74,6 +74,10 @@ sys.path.insert(0, str(ROOT))
 
 BODY_SIZE = 1024
 SEND_CONCURRENCY = 256
+SEND_BATCH = 64
+"""Sends per SendStream write in the batched rows."""
+BATCH_STREAMS = 4
+"""SendStream calls in flight in the batched rows."""
 REQ_CONCURRENCY = 64
 SERVICE = "bench"
 PATH_LENGTHS = (1, 3, 5)
@@ -211,13 +215,17 @@ async def role_receive(args: argparse.Namespace) -> dict[str, Any]:
     counter = WindowCounter(args.t_from, args.t_to)
     async with _channel(args) as channel:
         stub = client_pb2_grpc.ClientServiceStub(channel)
-        call = stub.Receive(client_pb2.ReceiveRequest())
+        if args.batch:
+            call = stub.ReceiveBatches(client_pb2.ReceiveRequest())
+        else:
+            call = stub.Receive(client_pb2.ReceiveRequest())
         await asyncio.wait_for(call.wait_for_connection(), 10)
         mark_ready(args.ready)
 
         async def consume() -> None:
-            async for _ in call:
-                counter.hit()
+            async for item in call:
+                for _ in range(len(item.deliveries) if args.batch else 1):
+                    counter.hit()
 
         task = asyncio.ensure_future(consume())
         await sleep_until(args.t_end)
@@ -262,7 +270,30 @@ async def role_send(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 accepted.hit()
 
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        async def batch_worker() -> None:
+            # SendStream: `batch` sends per write, one batch in flight per stream.
+            batch = client_pb2.SendBatch(requests=[request] * args.batch)
+            call = stub.SendStream()
+            try:
+                while time.monotonic() < args.t_to:
+                    await call.write(batch)
+                    result = await call.read()
+                    for item in result.results:
+                        if item.status:
+                            errors[str(item.status)] += 1
+                            await asyncio.sleep(0.002)
+                        else:
+                            accepted.hit()
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+            finally:
+                call.cancel()
+
+        if args.batch:
+            # A few streams in flight keep the node busy while one batch is answered.
+            await asyncio.gather(*(batch_worker() for _ in range(BATCH_STREAMS)))
+        else:
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     return {"sent": accepted.total, "in_window": accepted.in_window, "errors": dict(errors)}
 
 
@@ -778,7 +809,12 @@ class MeshEnv:
 
 
 def throughput_phase(
-    env: MeshEnv, dest: str, mode: str, nodes: list[str], profile: bool = False
+    env: MeshEnv,
+    dest: str,
+    mode: str,
+    nodes: list[str],
+    profile: bool = False,
+    batch: int = 0,
 ) -> dict[str, Any]:
     plan = env.plan
     now = time.monotonic()
@@ -787,12 +823,13 @@ def throughput_phase(
     t_to = t_from + plan.window
     t_end = t_to + 1.0
     receiver = env.procs.worker(
-        "receive", t_from=t_from, t_to=t_to, t_end=t_end, **env.client(dest)
+        "receive", t_from=t_from, t_to=t_to, t_end=t_end, batch=batch, **env.client(dest)
     )
     sender = env.procs.worker(
         "send",
         dest=dest,
         mode=mode,
+        batch=batch,
         concurrency=SEND_CONCURRENCY,
         t_start=t_start,
         t_from=t_from,
@@ -1084,6 +1121,14 @@ def run_mesh(
             if hops == 3:
                 step("acknowledged through 3 nodes")
                 results["hops3_acked"] = throughput_phase(env, dest, "acked", path_nodes)
+                step(f"async through 3 nodes, batched API ({SEND_BATCH} per write)")
+                results["hops3_async_batched"] = throughput_phase(
+                    env, dest, "async", path_nodes, batch=SEND_BATCH
+                )
+                step(f"acknowledged through 3 nodes, batched API ({SEND_BATCH} per write)")
+                results["hops3_acked_batched"] = throughput_phase(
+                    env, dest, "acked", path_nodes, batch=SEND_BATCH
+                )
         for batch in (1, 64):
             step(f"floor: bare grpc.aio stream, {batch} per write")
             results[f"floor_{batch}"] = floor_phase(env, batch)
@@ -1233,6 +1278,9 @@ def summarize(mesh: dict[str, Any], nats_results: dict[str, Any] | None) -> dict
         keys[f"hops{hops}_rtt_p50_ms"] = mesh[f"hops{hops}_request"]["rtt_p50_ms"]
         keys[f"hops{hops}_rtt_p99_ms"] = mesh[f"hops{hops}_request"]["rtt_p99_ms"]
     keys["acked_hops3_msgs_per_s"] = mesh["hops3_acked"]["msgs_per_s"]
+    # The batched client API (SendStream / ReceiveBatches), same path and bodies.
+    keys["hops3_async_batched_msgs_per_s"] = mesh["hops3_async_batched"]["msgs_per_s"]
+    keys["acked_hops3_batched_msgs_per_s"] = mesh["hops3_acked_batched"]["msgs_per_s"]
     keys["mesh_1hop_req_per_s"] = mesh["hops1_request"]["req_per_s"]
     keys["mesh_3hop_req_per_s"] = mesh["hops3_request"]["req_per_s"]
     keys["floor_msgs_per_s"] = mesh["floor_64"]["msgs_per_s"]
@@ -1279,6 +1327,22 @@ def targets(keys: dict[str, Any]) -> list[dict[str, Any]]:
     )
     ratio = keys["acked_hops3_msgs_per_s"] / keys["hops3_async_msgs_per_s"]
     add("acknowledged vs async (3 nodes)", ratio, ">= 0.5x", ratio >= 0.5)
+    batched = keys.get("hops3_async_batched_msgs_per_s")
+    ratio = batched / nats_msgs if batched and nats_msgs else None
+    add(
+        "3-node async msgs/s, batched API, vs NATS chain",
+        ratio,
+        ">= 1.0x",
+        None if ratio is None else ratio >= 1.0,
+    )
+    acked_batched = keys.get("acked_hops3_batched_msgs_per_s")
+    ratio = acked_batched / batched if acked_batched and batched else None
+    add(
+        "acknowledged vs async, batched API (3 nodes)",
+        ratio,
+        ">= 0.5x",
+        None if ratio is None else ratio >= 0.5,
+    )
     return rows
 
 

@@ -21,12 +21,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh.actions import Acked, Failed, Replied
+from mesh.actions import Acked, Action, Failed, Replied
 from mesh.codec import ContentType, EncodedBody
 from mesh.core import CoreConfig
 from mesh.crypto import NodeIdentity
 from mesh.envelope import DEFAULT_LIMITS, OpenedMessage
-from mesh.errors import LocalError, MeshError, Status
+from mesh.errors import InvalidArgument, LocalError, MeshError, Status
 from mesh.linkcost import CostPolicy
 from mesh.subjects import check_pattern, offer
 from mesh.v1 import admin_pb2, admin_pb2_grpc, client_pb2, client_pb2_grpc, envelope_pb2, peer_pb2
@@ -42,6 +42,16 @@ from nodes.store import Store
 log = logging.getLogger("mesh.server")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+MAX_SEND_BATCH = 4096
+MAX_DELIVERY_BATCH = 256
+
+
+class Busy(LocalError):
+    """The node refuses new messages until its link queues drain."""
+
+    status = Status.RESOURCE_EXHAUSTED
 
 
 class ListenError(LocalError):
@@ -82,15 +92,20 @@ def _delivery(message: OpenedMessage) -> client_pb2.Delivery:
     )
 
 
-async def _encoded(body: client_pb2.Body, context: grpc.aio.ServicerContext) -> EncodedBody:
+def _encoded_or_raise(body: client_pb2.Body) -> EncodedBody:
     try:
         content_type = ContentType(body.content_type or ContentType.RAW)
     except ValueError:
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT, f"unknown content type {body.content_type}"
-        )
-        raise AssertionError("unreachable") from None
+        raise InvalidArgument(f"unknown content type {body.content_type}") from None
     return EncodedBody(data=body.data, content_type=content_type, body_type=body.body_type)
+
+
+async def _encoded(body: client_pb2.Body, context: grpc.aio.ServicerContext) -> EncodedBody:
+    try:
+        return _encoded_or_raise(body)
+    except InvalidArgument as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        raise AssertionError("unreachable") from None
 
 
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):
@@ -102,45 +117,49 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     async def _abort(self, context: grpc.aio.ServicerContext, error: MeshError) -> None:
         await context.abort(grpc_code(error.status), str(error))
 
+    def _submit(
+        self, request: client_pb2.SendRequest, now: float
+    ) -> tuple[bytes, list[bytes], list[Action]]:
+        """Hand one SendRequest to the core: (message id, ids to wait for, actions).
+
+        Raises:
+            MeshError: the request is refused (no route, bad body, busy node...).
+        """
+        runtime = self.runtime
+        core = runtime.core
+        target = request.target
+        body = _encoded_or_raise(request.body)
+        mode = request.mode or envelope_pb2.DELIVERY_MODE_ASYNC
+        deadline_ms = int(now * 1000) + request.timeout_ms if request.timeout_ms else 0
+        if not runtime.has_capacity():
+            runtime.count("refused_busy")
+            raise Busy("this node's links are full; slow down")
+        if target.kind == envelope_pb2.DESTINATION_KIND_SUBJECT:
+            ids, actions = core.publish(target.name, body, now, mode=mode, deadline_ms=deadline_ms)
+            return (ids[0] if ids else b""), ids, actions
+        message_id, actions = core.submit(
+            target.name,
+            body,
+            now,
+            mode=mode,
+            deadline_ms=deadline_ms,
+            destination_kind=target.kind or envelope_pb2.DESTINATION_KIND_NODE,
+            message_id=request.message_id or None,
+            policy=request.policy or None,
+            trace=request.trace,
+        )
+        return message_id, [message_id], actions
+
     async def Send(
         self, request: client_pb2.SendRequest, context: grpc.aio.ServicerContext
     ) -> client_pb2.SendResponse:
         runtime = self.runtime
-        core = runtime.core
-        target = request.target
-        body = await _encoded(request.body, context)
-        mode = request.mode or envelope_pb2.DELIVERY_MODE_ASYNC
-        now = runtime.clock()
-        deadline_ms = int(now * 1000) + request.timeout_ms if request.timeout_ms else 0
-        if not runtime.has_capacity():
-            runtime.count("refused_busy")
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "this node's links are full; slow down"
-            )
         try:
-            if target.kind == envelope_pb2.DESTINATION_KIND_SUBJECT:
-                ids, actions = core.publish(
-                    target.name, body, now, mode=mode, deadline_ms=deadline_ms
-                )
-                message_id = ids[0] if ids else b""
-                waits = ids
-            else:
-                message_id, actions = core.submit(
-                    target.name,
-                    body,
-                    now,
-                    mode=mode,
-                    deadline_ms=deadline_ms,
-                    destination_kind=target.kind or envelope_pb2.DESTINATION_KIND_NODE,
-                    message_id=request.message_id or None,
-                    policy=request.policy or None,
-                    trace=request.trace,
-                )
-                waits = [message_id]
+            message_id, waits, actions = self._submit(request, runtime.clock())
         except MeshError as exc:
             await self._abort(context, exc)
             raise AssertionError("unreachable") from None
-        acknowledged = mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED
+        acknowledged = request.mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED
         futures = []
         if acknowledged and request.wait_for_ack:
             loop = asyncio.get_running_loop()
@@ -158,6 +177,43 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         return client_pb2.SendResponse(
             message_id=message_id, acknowledged=bool(futures), copies=len(waits)
         )
+
+    async def SendStream(
+        self,
+        request_iterator: AsyncIterator[client_pb2.SendBatch],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[client_pb2.SendBatchResult]:
+        """Batches of sends: one core pass and one durable commit per batch."""
+        runtime = self.runtime
+        async for batch in request_iterator:
+            if len(batch.requests) > MAX_SEND_BATCH:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"a batch holds at most {MAX_SEND_BATCH} sends, got {len(batch.requests)}",
+                )
+            now = runtime.clock()
+            results = []
+            actions: list[Action] = []
+            for request in batch.requests:
+                if request.wait_for_ack:
+                    results.append(
+                        client_pb2.SendResult(
+                            status=Status.INVALID_ARGUMENT,
+                            error="wait_for_ack is not supported in SendStream; use Send",
+                        )
+                    )
+                    continue
+                try:
+                    message_id, waits, more = self._submit(request, now)
+                except MeshError as exc:
+                    results.append(client_pb2.SendResult(status=exc.status, error=str(exc)))
+                    continue
+                actions += more
+                results.append(client_pb2.SendResult(message_id=message_id, copies=len(waits)))
+            if runtime.apply(actions):
+                runtime.count("dropped_queue_full")
+            # Durable from here on: the whole batch was committed in one transaction.
+            yield client_pb2.SendBatchResult(results=results)
 
     async def Request(
         self, request: client_pb2.RequestMessage, context: grpc.aio.ServicerContext
@@ -317,6 +373,26 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         try:
             while True:
                 yield _delivery(await queue.get())
+        finally:
+            runtime.apps.receivers.discard(queue)
+
+    async def ReceiveBatches(
+        self, request: client_pb2.ReceiveRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[client_pb2.DeliveryBatch]:
+        """As Receive, but every write carries whatever has queued up (up to 256)."""
+        runtime = self.runtime
+        queue: asyncio.Queue[OpenedMessage] = asyncio.Queue(maxsize=runtime.options.inbox_max)
+        while runtime.apps.inbox:
+            _, early = runtime.apps.inbox.popitem(last=False)
+            queue.put_nowait(early)
+        runtime.apps.receivers.add(queue)
+        await context.send_initial_metadata(())
+        try:
+            while True:
+                batch = [_delivery(await queue.get())]
+                while len(batch) < MAX_DELIVERY_BATCH and not queue.empty():
+                    batch.append(_delivery(queue.get_nowait()))
+                yield client_pb2.DeliveryBatch(deliveries=batch)
         finally:
             runtime.apps.receivers.discard(queue)
 

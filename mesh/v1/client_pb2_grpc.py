@@ -59,6 +59,16 @@ class ClientServiceStub:
                 request_serializer=mesh_dot_v1_dot_client__pb2.ReceiveRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_client__pb2.Delivery.FromString,
                 _registered_method=True)
+        self.SendStream = channel.stream_stream(
+                '/mesh.v1.ClientService/SendStream',
+                request_serializer=mesh_dot_v1_dot_client__pb2.SendBatch.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_client__pb2.SendBatchResult.FromString,
+                _registered_method=True)
+        self.ReceiveBatches = channel.unary_stream(
+                '/mesh.v1.ClientService/ReceiveBatches',
+                request_serializer=mesh_dot_v1_dot_client__pb2.ReceiveRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_client__pb2.DeliveryBatch.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -94,6 +104,19 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendStream(self, request_iterator, context):
+        """The high-throughput forms of Send and Receive: batches both ways.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReceiveBatches(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +144,16 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.Receive,
                     request_deserializer=mesh_dot_v1_dot_client__pb2.ReceiveRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_client__pb2.Delivery.SerializeToString,
+            ),
+            'SendStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SendStream,
+                    request_deserializer=mesh_dot_v1_dot_client__pb2.SendBatch.FromString,
+                    response_serializer=mesh_dot_v1_dot_client__pb2.SendBatchResult.SerializeToString,
+            ),
+            'ReceiveBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReceiveBatches,
+                    request_deserializer=mesh_dot_v1_dot_client__pb2.ReceiveRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_client__pb2.DeliveryBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +291,60 @@ class ClientService:
             '/mesh.v1.ClientService/Receive',
             mesh_dot_v1_dot_client__pb2.ReceiveRequest.SerializeToString,
             mesh_dot_v1_dot_client__pb2.Delivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mesh.v1.ClientService/SendStream',
+            mesh_dot_v1_dot_client__pb2.SendBatch.SerializeToString,
+            mesh_dot_v1_dot_client__pb2.SendBatchResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mesh.v1.ClientService/ReceiveBatches',
+            mesh_dot_v1_dot_client__pb2.ReceiveRequest.SerializeToString,
+            mesh_dot_v1_dot_client__pb2.DeliveryBatch.FromString,
             options,
             channel_credentials,
             insecure,

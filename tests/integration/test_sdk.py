@@ -132,6 +132,29 @@ async def test_acknowledged_send_waits_for_the_destinations_ack(connect: Connect
     assert got[acked].body == b"\x01acked"  # RAW decodes to bytes
 
 
+async def test_send_batch_delivers_every_item_once_in_one_write(connect: Connect) -> None:
+    n1, n3 = await connect("n1"), await connect("n3")
+    async with n3.receive() as inbox:
+        ids = await n1.send_batch([("n3", {"i": i}) for i in range(200)], acknowledged=True)
+        ids += await n1.send_batch([("n3", {"i": i}) for i in range(200, 300)])
+        got = [await inbox.get(WAIT) for _ in range(300)]
+    assert len(set(ids)) == 300
+    assert sorted(m.json()["i"] for m in got) == list(range(300))
+    assert {m.message_id for m in got} == set(ids)
+
+
+async def test_send_batch_reports_refused_items_one_by_one(connect: Connect) -> None:
+    n1, n3 = await connect("n1"), await connect("n3")
+    async with n3.receive() as inbox:  # take the one that goes through: leave no mail behind
+        with pytest.raises(mesh.client.BatchSendError) as refused:
+            await n1.send_batch([("n3", {"ok": 1}), ("nowhere", {"ok": 0})])
+        assert (await inbox.get(WAIT)).json() == {"ok": 1}
+    first, second = refused.value.outcomes
+    assert isinstance(first, bytes)
+    assert isinstance(second, mesh.client.RemoteCallError)
+    assert second.status is mesh.Status.UNAVAILABLE
+
+
 async def test_send_to_a_node_without_a_route_is_unavailable(connect: Connect) -> None:
     n1 = await connect("n1")
     with pytest.raises(Unavailable) as caught:

@@ -775,6 +775,18 @@ class Lab:
         self._node(name)
         return AdminClient(target_for(self.mesh, name), timeout=timeout)
 
+    def _alive(self, pid: int, config: str) -> bool:
+        """Whether a process runs; a child of ours is asked directly.
+
+        /proc/PID/cmdline is briefly empty while `ip netns exec` execs the
+        command, so the cmdline check of ``pid_alive`` can say "gone" for a
+        process that is starting; our own children's ``poll`` cannot.
+        """
+        process = self._processes.get(pid)
+        if process is not None:
+            return process.poll() is None
+        return pid_alive(pid, config)
+
     def _spawn(self, namespace: str, command: list[str], log: str) -> int:
         with open(log, "ab") as out:
             process = subprocess.Popen(
@@ -809,7 +821,7 @@ class Lab:
                 node = self.state.nodes[name]
                 if Path(node.relay_config).with_name("relay.ready").exists():
                     waiting.discard(name)
-                elif node.relay_pid is None or not pid_alive(node.relay_pid, node.relay_config):
+                elif node.relay_pid is None or not self._alive(node.relay_pid, node.relay_config):
                     raise LabError(
                         f"relay of {name!r} exited; see {node.relay_log}: "
                         f"{_log_tail(Path(node.relay_log))}"

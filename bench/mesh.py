@@ -1379,6 +1379,20 @@ def print_report(
         "mesh, 3 nodes, acknowledged", fmt_rate(keys["acked_hops3_msgs_per_s"]), "", "", ""
     )
     table.add_row(
+        f"mesh, 3 nodes, batched API ({SEND_BATCH}/write)",
+        fmt_rate(keys["hops3_async_batched_msgs_per_s"]),
+        "",
+        "",
+        "",
+    )
+    table.add_row(
+        "mesh, 3 nodes, batched API, acknowledged",
+        fmt_rate(keys["acked_hops3_batched_msgs_per_s"]),
+        "",
+        "",
+        "",
+    )
+    table.add_row(
         "floor: grpc.aio stream, 1 per write",
         fmt_rate(keys["floor_unbatched_msgs_per_s"]),
         "",
@@ -1407,7 +1421,14 @@ def print_report(
     cpu.add_column("phase")
     for name in names:
         cpu.add_column(name, justify="right")
-    for key in ("hops1_async", "hops3_async", "hops5_async", "hops3_acked"):
+    for key in (
+        "hops1_async",
+        "hops3_async",
+        "hops5_async",
+        "hops3_acked",
+        "hops3_async_batched",
+        "hops3_acked_batched",
+    ):
         per = mesh[key]["cpu_us_per_msg"]
         cpu.add_row(key, *(f"{per[n]:.0f}" if per.get(n) is not None else "" for n in names))
     console.print(cpu)

@@ -9,7 +9,6 @@ and this runtime behave the same.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -390,22 +389,38 @@ class NodeRuntime:
         finally:
             reader.cancel()
             closed.cancel()
-            if not writer.done():
-                link.close(link.close_status or Status.UNAVAILABLE, link.close_reason)
-                try:
-                    await asyncio.wait_for(writer, 0.5)
-                except (TimeoutError, asyncio.CancelledError, grpc.aio.AioRpcError):
-                    writer.cancel()
-            with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                await asyncio.wait_for(link.flush_control(write), 0.5)
+            link.close(link.close_status or Status.UNAVAILABLE, link.close_reason)
+            # Forget the link first, synchronously: the awaits below are best
+            # effort, and a grpc write on a dead stream may not yield to
+            # cancellation for a long time. The core hears of it only if this
+            # stream still owns the peer (a newer link may have replaced it).
             if self.links.get(peer) is link:
                 del self.links[peer]
-            self.apply(self.core.link_down(peer, self.clock()))
+                self.apply(self.core.link_down(peer, self.clock()))
             log.info(
                 "link closed",
                 extra={"fields": {"peer": peer, "reason": link.close_reason or "stream ended"}},
             )
+            await self._finish_writer(link, writer, write)
         return link
+
+    @staticmethod
+    async def _finish_writer(
+        link: PeerLink, writer: asyncio.Task[None], write: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        """Let the writer stop and flush a last LinkError, each within 0.5 s, never waiting
+        on a cancellation (asyncio.wait, unlike wait_for, does not)."""
+        if not writer.done():
+            await asyncio.wait({writer}, timeout=0.5)
+            if not writer.done():
+                writer.cancel()
+        flush = asyncio.ensure_future(link.flush_control(write))
+        await asyncio.wait({flush}, timeout=0.5)
+        if not flush.done():
+            flush.cancel()
+        for task in (writer, flush):
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a dead stream's write error is expected here
 
     async def _read_loop(
         self,

@@ -161,9 +161,10 @@ _ERROR_CLASSES: dict[Status, type[RemoteCallError]] = {
 
 
 def _status_of(code: Any) -> Status:
+    """The mesh status of a ``grpc.StatusCode`` (whose value is ``(number, name)``)."""
     try:
-        return Status(code.value[0])
-    except (AttributeError, IndexError, TypeError, ValueError):
+        return Status.of(code.value[0])
+    except (AttributeError, IndexError, TypeError):
         return Status.UNKNOWN
 
 
@@ -754,11 +755,7 @@ class Client:
         outcomes: list[bytes | RemoteCallError] = []
         for item in result.results:
             if item.status:
-                try:
-                    status = Status(item.status)
-                except ValueError:
-                    status = Status.UNKNOWN
-                outcomes.append(remote_error(status, item.error, node=self.name))
+                outcomes.append(remote_error(Status.of(item.status), item.error, node=self.name))
             else:
                 outcomes.append(bytes(item.message_id))
         failed = [o for o in outcomes if isinstance(o, RemoteCallError)]

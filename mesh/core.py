@@ -25,7 +25,7 @@ import heapq
 import itertools
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mesh.actions import (
@@ -750,7 +750,7 @@ class NodeCore:
         actions: list[Action] = []
         if neighbour.phase is LinkPhase.UP:
             actions += self._routing_out(self.engine.link_down(neighbour.peer, now))
-        status = _status(frame.error.status)
+        status = Status.of(frame.error.status)
         actions.append(
             CloseLink(
                 peer=neighbour.peer,
@@ -832,7 +832,7 @@ class NodeCore:
             return [
                 Rejected(
                     peer=neighbour.peer,
-                    status=_status(ack.status),
+                    status=Status.of(ack.status),
                     reason=f"{neighbour.peer!r} refused envelopes we sent: {ack.detail[:512]}",
                 )
             ]
@@ -986,7 +986,7 @@ class NodeCore:
         del self._pending[header.correlation_id]
         self.stats["replied"] += 1
         if pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE:
-            healthy = _status(header.status) not in _INSTANCE_FAILURES
+            healthy = Status.of(header.status) not in _INSTANCE_FAILURES
             self.balancer.finished(
                 pending.destination, header.source, now, now - pending.attempt_at, ok=healthy
             )
@@ -1412,26 +1412,6 @@ def _policy(policy: Policy | str | None) -> Policy | None:
         raise InvalidArgument(f"unknown balancing policy {policy!r}; one of {names}") from None
 
 
-def _status(code: int) -> Status:
-    try:
-        return Status(code)
-    except ValueError:
-        return Status.UNKNOWN
-
-
-def make_core(
-    node_id: str,
-    config: CoreConfig,
-    *,
-    random_bytes: RandomBytes,
-    identity: NodeIdentity | None = None,
-) -> NodeCore:
-    """A core with a fresh identity: handy for simulations and tests."""
-    return NodeCore(identity or NodeIdentity.generate(node_id), config, random_bytes=random_bytes)
-
-
-RandomSource = Callable[[int], bytes]
-
 __all__ = [
     "ENGINE_NAMES",
     "PROTOCOL_VERSION",
@@ -1440,5 +1420,4 @@ __all__ = [
     "LinkPhase",
     "NodeCore",
     "PeerInfo",
-    "make_core",
 ]

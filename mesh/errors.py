@@ -35,6 +35,14 @@ class Status(enum.IntEnum):
     DATA_LOSS = 15
     UNAUTHENTICATED = 16
 
+    @classmethod
+    def of(cls, code: int) -> Status:
+        """The status a number read off the wire names; UNKNOWN for any other number."""
+        try:
+            return cls(code)
+        except ValueError:
+            return cls.UNKNOWN
+
 
 class MeshError(Exception):
     """Base of every error the mesh core raises."""

@@ -190,7 +190,7 @@ class NodeRuntime:
         self.apply(self.core.set_offers(services, offered, self.clock()))
 
     def _reply(self, request: EnvelopeHeader, body: EncodedBody, status: int) -> None:
-        self.apply(self.core.reply(request, body, self.clock(), status=Status(status)))
+        self.apply(self.core.reply(request, body, self.clock(), status=Status.of(status)))
 
     async def stop(self) -> None:
         """Close every link and stop dialling."""
@@ -356,9 +356,9 @@ class NodeRuntime:
     def _on_wake(self) -> None:
         self._wake_handle = None
         self._wake_at = None
-        for action in self.apply(self.core.tick(self.clock())):
-            self.count("dropped_queue_full")
-            del action
+        blocked = self.apply(self.core.tick(self.clock()))
+        if blocked:  # only retransmits can be data here: they are retried later anyway
+            self.count("dropped_queue_full", len(blocked))
 
     # --- links ------------------------------------------------------------------
 

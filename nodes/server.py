@@ -254,8 +254,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         if status != 0:
             text = reply.body.data.decode("utf-8", "replace")[:1024]
             await context.abort(
-                grpc_code(_status_of(status)),
-                f"{reply.header.source!r} answered {_status_of(status).name}: {text}",
+                grpc_code(Status.of(status)),
+                f"{reply.header.source!r} answered {Status.of(status).name}: {text}",
             )
         return client_pb2.ReplyMessage(
             message_id=message_id, body=_body(reply), responder=reply.header.source
@@ -313,7 +313,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     body = await _encoded(answer.body, context)
                 runtime.apply(
                     runtime.core.reply(
-                        header, body, runtime.clock(), status=_status_of(answer.status)
+                        header, body, runtime.clock(), status=Status.of(answer.status)
                     )
                 )
 
@@ -395,13 +395,6 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                 yield client_pb2.DeliveryBatch(deliveries=batch)
         finally:
             runtime.apps.receivers.discard(queue)
-
-
-def _status_of(code: int) -> Status:
-    try:
-        return Status(code)
-    except ValueError:
-        return Status.UNKNOWN
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):

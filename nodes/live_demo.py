@@ -62,8 +62,13 @@ async def _route(admin: admin_pb2_grpc.AdminServiceStub, destination: str) -> st
     return "unreachable"
 
 
-async def _receive(client: client_pb2_grpc.ClientServiceStub, seen: Counter[int]) -> None:
-    async for delivery in client.Receive(client_pb2.ReceiveRequest()):
+async def _receive(
+    client: client_pb2_grpc.ClientServiceStub, seen: Counter[int], attached: asyncio.Event
+) -> None:
+    call = client.Receive(client_pb2.ReceiveRequest())
+    await call.initial_metadata()  # the node sends it once the stream is attached
+    attached.set()
+    async for delivery in call:
         seen[json.loads(delivery.body.data)["seq"]] += 1
 
 
@@ -94,8 +99,9 @@ async def _run(handle: MeshHandle, console: Console) -> bool:
         before = await _route(admin_a, "f")
         console.print(f"route a -> f: [bold]{before}[/bold]")
         seen: Counter[int] = Counter()
-        receiving = asyncio.ensure_future(_receive(receiver, seen))
-        await asyncio.sleep(0.3)  # the Receive stream is attached
+        attached = asyncio.Event()
+        receiving = asyncio.ensure_future(_receive(receiver, seen, attached))
+        await asyncio.wait_for(attached.wait(), 10)
         tally = Tally()
         sends: list[asyncio.Task[None]] = []
         start = time.monotonic()

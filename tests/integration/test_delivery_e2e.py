@@ -132,7 +132,14 @@ async def attach_three(handle: MeshHandle, weights: dict[str, int]) -> list[asyn
     for node, weight in weights.items():
         stub = client_pb2_grpc.ClientServiceStub(channel(handle, node))
         tasks.append(asyncio.ensure_future(serve(stub, "work", node, weight)))
-    await asyncio.sleep(1.0)  # registrations advertised and flooded
+    # Registrations are advertised and flooded: poll until every instance answers.
+    hub = client_pb2_grpc.ClientServiceStub(channel(handle, "hub"))
+    answered: set[str] = set()
+    deadline = asyncio.get_running_loop().time() + 15
+    while answered != set(weights):
+        assert asyncio.get_running_loop().time() < deadline, f"only {answered} answer"
+        found, _ = await request_many(hub, 3 * len(weights), policy="round-robin", concurrency=1)
+        answered |= set(found)
     return tasks
 
 
@@ -176,9 +183,18 @@ async def test_an_instance_that_dies_mid_run_stops_receiving(
             task.cancel()
 
 
-async def _receive(stub: client_pb2_grpc.ClientServiceStub, seen: Counter[int]) -> None:
-    async for delivery in stub.Receive(client_pb2.ReceiveRequest()):
-        seen[json.loads(delivery.body.data)["seq"]] += 1
+async def receiving(
+    stub: client_pb2_grpc.ClientServiceStub, seen: Counter[int]
+) -> asyncio.Task[None]:
+    """Count deliveries on ``stub``'s Receive stream; returns once the stream is attached."""
+    call = stub.Receive(client_pb2.ReceiveRequest())
+    await asyncio.wait_for(call.initial_metadata(), 10)  # sent by the node once attached
+
+    async def count() -> None:
+        async for delivery in call:
+            seen[json.loads(delivery.body.data)["seq"]] += 1
+
+    return asyncio.ensure_future(count())
 
 
 async def _send(stub: client_pb2_grpc.ClientServiceStub, seq: int) -> bytes:
@@ -208,8 +224,7 @@ async def test_acknowledged_messages_survive_a_middle_node_crash_exactly_once(
     sender = client_pb2_grpc.ClientServiceStub(channel(handle, "a"))
     receiver = client_pb2_grpc.ClientServiceStub(channel(handle, "c"))
     seen: Counter[int] = Counter()
-    receiving = asyncio.ensure_future(_receive(receiver, seen))
-    await asyncio.sleep(0.5)
+    counting = await receiving(receiver, seen)
     total = 10_000
     try:
         sem = asyncio.Semaphore(128)
@@ -227,7 +242,7 @@ async def test_acknowledged_messages_survive_a_middle_node_crash_exactly_once(
         assert len(seen) == total, f"lost {total - len(seen)}"
         assert [s for s, n in seen.items() if n > 1] == []
     finally:
-        receiving.cancel()
+        counting.cancel()
 
 
 async def test_the_sender_killed_and_restarted_loses_nothing(
@@ -236,8 +251,7 @@ async def test_the_sender_killed_and_restarted_loses_nothing(
     handle = mesh(mesh_factory, tmp_path, LINE3)
     receiver = client_pb2_grpc.ClientServiceStub(channel(handle, "c"))
     seen: Counter[int] = Counter()
-    receiving = asyncio.ensure_future(_receive(receiver, seen))
-    await asyncio.sleep(0.5)
+    counting = await receiving(receiver, seen)
     try:
         handle.kill("b")  # nothing can leave a: every accepted message is in its outbox
         sender = client_pb2_grpc.ClientServiceStub(channel(handle, "a"))
@@ -250,7 +264,7 @@ async def test_the_sender_killed_and_restarted_loses_nothing(
         assert sorted(seen) == list(range(200))
         assert max(seen.values()) == 1
     finally:
-        receiving.cancel()
+        counting.cancel()
 
 
 async def test_no_instance_and_slow_handlers_fail_clearly(
@@ -281,18 +295,22 @@ async def test_no_instance_and_slow_handlers_fail_clearly(
 
     call = slow.Serve(upstream())
     try:
-        await asyncio.sleep(1.0)
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        with pytest.raises(grpc.aio.AioRpcError) as late:
-            await caller.Request(
-                client_pb2.RequestMessage(
-                    target=client_pb2.Address(kind=SERVICE, name="slow"),
-                    body=client_pb2.Body(content_type=JSON, data=b"{}"),
-                    timeout_ms=1_500,
-                ),
-                timeout=10,
-            )
+        deadline = loop.time() + 15
+        while True:  # UNAVAILABLE until the registration has been flooded to a
+            started = loop.time()
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await caller.Request(
+                    client_pb2.RequestMessage(
+                        target=client_pb2.Address(kind=SERVICE, name="slow"),
+                        body=client_pb2.Body(content_type=JSON, data=b"{}"),
+                        timeout_ms=1_500,
+                    ),
+                    timeout=10,
+                )
+            if late.value.code() != grpc.StatusCode.UNAVAILABLE or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.05)
         assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert loop.time() - started < 9  # it came back by itself, before the RPC timeout
     finally:

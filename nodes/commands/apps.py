@@ -19,7 +19,7 @@ from rich.console import Console
 
 from mesh.client import Client, Message, RemoteCallError, connect
 from mesh.errors import MeshError
-from nodes.admin_client import AdminError, Target, find_state_dir, read_state
+from nodes.admin_client import AdminError, Target, find_state_dir, read_state, resolve
 from nodes.commands.ops import (
     AddressOpt,
     CaOpt,
@@ -32,7 +32,6 @@ from nodes.commands.ops import (
     StateOpt,
     _emit_json,
     _fail,
-    _target,
 )
 
 console = Console()
@@ -60,7 +59,7 @@ def _resolve(
     try:
         if address is None and node is None:
             node = next(iter(read_state(find_state_dir(state, mesh)).nodes))
-        return _target(
+        return resolve(
             node=node,
             address=address,
             state=state,

@@ -35,7 +35,6 @@ from nodes import launcher
 from nodes.admin_client import (
     AdminClient,
     AdminError,
-    Target,
     find_state_dir,
     read_state,
     resolve,
@@ -86,29 +85,6 @@ def _one_line_errors() -> Iterator[None]:
 
 def _emit_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _target(
-    *,
-    node: str | None,
-    address: str | None,
-    state: Path | None,
-    mesh: str | None,
-    insecure: bool,
-    ca: Path | None,
-    cert: Path | None,
-    key: Path | None,
-) -> Target:
-    return resolve(
-        node=node,
-        address=address,
-        state=state,
-        mesh=mesh,
-        insecure=insecure,
-        ca=ca,
-        cert=cert,
-        key=key,
-    )
 
 
 # --- the mesh as a whole --------------------------------------------------------------------------
@@ -276,7 +252,7 @@ def send(
                 node = next(iter(mesh_state.nodes))
             if not service and destination not in mesh_state.nodes:
                 kind = envelope_pb2.DESTINATION_KIND_SERVICE  # not a node: a service name
-        target = _target(
+        target = resolve(
             node=node,
             address=address,
             state=state,
@@ -322,7 +298,7 @@ def receive(
     """
     received = 0
     with _one_line_errors():
-        target = _target(
+        target = resolve(
             node=node,
             address=address,
             state=state,
@@ -367,7 +343,7 @@ def routes(
 ) -> None:
     """Show a node's routing table: destination, cost, next hops."""
     with _one_line_errors():
-        target = _target(
+        target = resolve(
             node=node,
             address=address,
             state=state,
@@ -404,7 +380,7 @@ def peers(
 ) -> None:
     """Show a node's neighbour links: state, cost, round trip, frames."""
     with _one_line_errors():
-        target = _target(
+        target = resolve(
             node=node,
             address=address,
             state=state,
@@ -452,7 +428,7 @@ def topology(
 ) -> None:
     """Show the topology as a node knows it (all of it with link-state routing)."""
     with _one_line_errors():
-        target = _target(
+        target = resolve(
             node=node,
             address=address,
             state=state,
@@ -514,7 +490,7 @@ def stats(
 ) -> None:
     """Show a node's counters (refused input, links, forwarded, delivered...)."""
     with _one_line_errors():
-        target = _target(
+        target = resolve(
             node=node,
             address=address,
             state=state,
@@ -556,7 +532,7 @@ def trace(
     except ValueError:
         _fail(f"{message_id!r} is not a hex message id")
     with _one_line_errors():
-        target = _target(
+        target = resolve(
             node=node,
             address=address,
             state=state,

@@ -340,7 +340,9 @@ def table_of(routes: list[RouteInfo]) -> dict[str, tuple[int, frozenset[str]]]:
 # --- the client --------------------------------------------------------------------------------
 
 
-def _channel(target: Target) -> grpc.Channel:
+def _channel_parts(
+    target: Target,
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -349,14 +351,29 @@ def _channel(target: Target) -> grpc.Channel:
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     if target.tls is None:
-        return grpc.insecure_channel(target.address, options=options)
+        return None, options
     try:
         credentials = pki.channel_credentials(target.tls)
     except pki.PkiError as exc:
         raise AdminError(f"client certificate: {exc}") from None
     if target.node_id is not None:
         options += pki.channel_options(target.node_id)
+    return credentials, options
+
+
+def _channel(target: Target) -> grpc.Channel:
+    credentials, options = _channel_parts(target)
+    if credentials is None:
+        return grpc.insecure_channel(target.address, options=options)
     return grpc.secure_channel(target.address, credentials, options=options)
+
+
+def aio_channel(target: Target) -> grpc.aio.Channel:
+    """An asyncio channel to ``target`` (mTLS with the target's client files, or plaintext)."""
+    credentials, options = _channel_parts(target)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target.address, options=options)
+    return grpc.aio.secure_channel(target.address, credentials, options=options)
 
 
 class AdminClient:
@@ -563,6 +580,7 @@ def pid_alive(pid: int, config: str | None = None) -> bool:
 
 
 __all__ = [
+    "aio_channel",
     "RPC_TIMEOUT",
     "STATE_FILE",
     "STATE_ROOT",

@@ -23,8 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mesh.v1 import admin_pb2, admin_pb2_grpc, client_pb2, client_pb2_grpc, envelope_pb2
-from nodes import pki
-from nodes.admin_client import Target, target_for
+from nodes.admin_client import aio_channel, target_for
 from nodes.launcher import MeshHandle, launch
 
 TOPOLOGY = Path(__file__).resolve().parent.parent / "deploy" / "topologies" / "demo.yaml"
@@ -42,16 +41,6 @@ class Tally:
     accepted: int = 0
     acked: int = 0
     refused: int = 0
-
-
-def _channel(target: Target) -> grpc.aio.Channel:
-    if target.tls is None:
-        return grpc.aio.insecure_channel(target.address)
-    return grpc.aio.secure_channel(
-        target.address,
-        pki.channel_credentials(target.tls),
-        options=pki.channel_options(target.node_id or ""),
-    )
 
 
 async def _route(admin: admin_pb2_grpc.AdminServiceStub, destination: str) -> str:
@@ -91,7 +80,7 @@ async def _send(client: client_pb2_grpc.ClientServiceStub, seq: int, tally: Tall
 
 async def _run(handle: MeshHandle, console: Console) -> bool:
     targets = {node: target_for(handle.state, node) for node in ("a", "f", *CUT)}
-    channels = {node: _channel(target) for node, target in targets.items()}
+    channels = {node: aio_channel(target) for node, target in targets.items()}
     try:
         admin_a = admin_pb2_grpc.AdminServiceStub(channels["a"])
         sender = client_pb2_grpc.ClientServiceStub(channels["a"])

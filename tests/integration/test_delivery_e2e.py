@@ -17,8 +17,7 @@ import grpc
 import pytest
 
 from mesh.v1 import client_pb2, client_pb2_grpc, envelope_pb2
-from nodes import pki
-from nodes.admin_client import target_for
+from nodes.admin_client import aio_channel, target_for
 from nodes.launcher import MeshHandle
 
 SERVICE = envelope_pb2.DESTINATION_KIND_SERVICE
@@ -47,12 +46,8 @@ links:
 
 def channel(handle: MeshHandle, node: str) -> grpc.aio.Channel:
     target = target_for(handle.state, node)
-    assert target.tls is not None
-    return grpc.aio.secure_channel(
-        target.address,
-        pki.channel_credentials(target.tls),
-        options=pki.channel_options(node),
-    )
+    assert target.tls is not None  # the launcher runs mTLS
+    return aio_channel(target)
 
 
 def mesh(make: Callable[..., MeshHandle], tmp_path: Path, text: str) -> MeshHandle:

@@ -1,0 +1,201 @@
+"""Acknowledged traffic through the SDK, recorded in checker ledgers.
+
+The sender is an open-loop generator (messages are due at a steady rate
+whether or not earlier ones have been answered, as real clients are), bounded
+by ``max_in_flight`` so a stalled mesh cannot make it grow without limit;
+the receiver records every id the application gets and the one-way latency.
+Both run inside one asyncio loop, beside whatever fault the caller injects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.client import Client, RemoteCallError, Subscription, Target
+from mesh.errors import MeshError
+
+from .checker import ACCEPTED, ATTEMPT, RECEIVED, REFUSED, Ledger
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))
+    return ordered[rank]
+
+
+@dataclass(slots=True)
+class SendStats:
+    """What the sending application saw."""
+
+    attempted: int = 0
+    accepted: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    """Status name -> count of sends the node refused (or that failed in transport)."""
+    accept_ms: list[float] = field(default_factory=list)
+    """How long each accepted send took to be accepted (stored durably by the node)."""
+    late: int = 0
+    """Sends that went out later than due because ``max_in_flight`` were outstanding."""
+
+
+class AckedSender:
+    """Acknowledged messages of ``size`` bytes from one SDK client to one target.
+
+    Ids are ``{run}-{seq}``; each is recorded as ``attempt`` before the call and
+    ``accepted`` or ``refused`` after it.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        target: str,
+        ledger: Ledger,
+        *,
+        run: str,
+        to: Target = "node",
+        size: int = 1024,
+        timeout: float = 120.0,
+        max_in_flight: int = 256,
+    ) -> None:
+        self.client = client
+        self.target = target
+        self.ledger = ledger
+        self.run_name = run
+        self.to: Target = to
+        self.timeout = timeout
+        self.stats = SendStats()
+        self._padding = "x" * max(0, size - 64)
+        self._seq = 0
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _next_id(self) -> str:
+        self._seq += 1
+        return f"{self.run_name}-{self._seq}"
+
+    async def send_one(self) -> bool:
+        """Send one message now; True when the node accepted it."""
+        message_id = self._next_id()
+        body = {"id": message_id, "sent": time.time(), "pad": self._padding}
+        self.ledger.record(ATTEMPT, message_id)
+        self.stats.attempted += 1
+        started = time.monotonic()
+        try:
+            await self.client.send(
+                self.target, body, to=self.to, acknowledged=True, timeout=self.timeout
+            )
+        except RemoteCallError as exc:
+            self.stats.refused[exc.status.name] += 1
+            self.ledger.record(REFUSED, message_id, status=exc.status.name)
+            return False
+        except MeshError as exc:
+            self.stats.refused[type(exc).__name__] += 1
+            self.ledger.record(REFUSED, message_id, status=type(exc).__name__)
+            return False
+        self.stats.accepted += 1
+        self.stats.accept_ms.append((time.monotonic() - started) * 1000)
+        self.ledger.record(ACCEPTED, message_id)
+        return True
+
+    async def _send_in_slot(self) -> None:
+        try:
+            await self.send_one()
+        finally:
+            self._slots.release()
+
+    async def run(self, *, rate_per_s: float, duration_s: float) -> None:
+        """Send at ``rate_per_s`` for ``duration_s``, then wait for the outstanding calls."""
+        if rate_per_s <= 0 or duration_s < 0:
+            raise ValueError("rate_per_s must be positive and duration_s not negative")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        interval = 1.0 / rate_per_s
+        due = started
+        while due < started + duration_s:
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._slots.locked():
+                self.stats.late += 1
+            await self._slots.acquire()
+            task = asyncio.ensure_future(self._send_in_slot())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            due += interval
+        await self.drain()
+
+    async def send_count(self, count: int) -> None:
+        """Send ``count`` messages as fast as ``max_in_flight`` allows."""
+        for _ in range(count):
+            await self._slots.acquire()
+            task = asyncio.ensure_future(self._send_in_slot())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait for every outstanding send (each is bounded by ``timeout``)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+class Receiver:
+    """Records every id delivered to this node's application, with its one-way latency."""
+
+    def __init__(self, client: Client, ledger: Ledger) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.latency_ms: list[float] = []
+        self.arrived: Counter[str] = Counter()
+        self._subscription: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._subscription = self.client.receive()
+        self._task = asyncio.ensure_future(self._consume(self._subscription))
+
+    async def _consume(self, subscription: Subscription) -> None:
+        async for message in subscription:
+            try:
+                body: Any = message.json()
+                message_id = str(body["id"])
+                sent = float(body["sent"])
+            except (MeshError, KeyError, TypeError, ValueError):
+                message_id, sent = f"<not ours:{message.message_id.hex()}>", time.time()
+            self.latency_ms.append((time.time() - sent) * 1000)
+            self.arrived[message_id] += 1
+            self.ledger.record(RECEIVED, message_id)
+            self._changed.set()
+
+    async def wait_for(self, ids: set[str], timeout: float) -> set[str]:
+        """Wait until every id in ``ids`` arrived or ``timeout`` passed; return the missing ones."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            missing = {message for message in ids if message not in self.arrived}
+            remaining = deadline - loop.time()
+            if not missing or remaining <= 0:
+                return missing
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MeshError):
+                await self._task

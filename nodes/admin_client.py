@@ -448,6 +448,13 @@ class AdminClient:
             links=[LinkInfo(a=link.a, b=link.b, cost=int(link.cost)) for link in response.links],
         )
 
+    def set_link(self, peer: str, enabled: bool) -> bool:
+        """Take the link to ``peer`` administratively down or up; True if it was up."""
+        response = self._call(
+            "SetLink", self._admin.SetLink, admin_pb2.SetLinkRequest(peer=peer, enabled=enabled)
+        )
+        return bool(response.was_up)
+
     def stats(self) -> dict[str, int]:
         response = self._call("Stats", self._admin.Stats, admin_pb2.StatsRequest())
         return {key: int(value) for key, value in sorted(response.counters.items())}

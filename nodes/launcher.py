@@ -34,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -390,8 +390,12 @@ class MeshHandle:
 
     # --- life cycle ---
 
-    def start_node(self, node: str) -> None:
-        """Start ``node``'s process (it must not be running)."""
+    def start_node(self, node: str, env: Mapping[str, str] | None = None) -> None:
+        """Start ``node``'s process (it must not be running).
+
+        ``env`` adds to the inherited environment; the reliability battery uses it
+        to start a node under libfaketime (a clock that is off).
+        """
         entry = self.state.nodes[node]
         if self.running(node):
             raise LaunchError(f"node {node!r} is already running (pid {entry.pid})")
@@ -405,7 +409,7 @@ class MeshHandle:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in the terminal reaches the launcher only
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         self.processes[node] = process
         entry.pid = process.pid
@@ -510,12 +514,50 @@ class MeshHandle:
         self._forget_client(node)
         self.state.save(self.state_dir)
 
-    def restart(self, node: str, timeout: float = 30.0) -> None:
+    def restart(
+        self, node: str, timeout: float = 30.0, env: Mapping[str, str] | None = None
+    ) -> None:
         """Stop ``node`` if it runs, start it again on the same address, wait until it serves."""
         if self.running(node):
             self._stop_processes([node])
-        self.start_node(node)
+        self.start_node(node, env)
         self.wait_ready([node], timeout)
+
+    def set_link(self, a: str, b: str, *, up: bool) -> None:
+        """Take the link a-b administratively down (or up) at both ends, so neither
+        end dials nor accepts it: a cable pulled, as far as the mesh can tell."""
+        for here, there in ((a, b), (b, a)):
+            if self.running(here):
+                with self.client(here) as admin:
+                    admin.set_link(there, up)
+
+    def neighbours(self, node: str) -> list[str]:
+        return sorted(self.topology.graph().neighbors(node))
+
+    def isolate(self, node: str) -> None:
+        """Cut every link of ``node`` (it keeps running, alone)."""
+        for peer in self.neighbours(node):
+            self.set_link(node, peer, up=False)
+
+    def rejoin(self, node: str) -> None:
+        """Restore every link :meth:`isolate` cut."""
+        for peer in self.neighbours(node):
+            self.set_link(node, peer, up=True)
+
+    def pause(self, node: str) -> None:
+        """SIGSTOP ``node``: alive to the kernel (its sockets stay open) but silent,
+        like a process stuck in a long GC pause or a hung disk."""
+        self._signal(node, signal.SIGSTOP)
+
+    def resume(self, node: str) -> None:
+        """SIGCONT a paused ``node``; it carries on with whatever it had queued."""
+        self._signal(node, signal.SIGCONT)
+
+    def _signal(self, node: str, signum: signal.Signals) -> None:
+        process = self.processes.get(node)
+        if process is None or process.poll() is not None:
+            raise LaunchError(f"node {node!r} is not running")
+        process.send_signal(signum)
 
     def _stop_processes(self, nodes: list[str]) -> None:
         live = {n: self.processes[n] for n in nodes if n in self.processes}
@@ -523,6 +565,7 @@ class MeshHandle:
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.terminate()
+                    process.send_signal(signal.SIGCONT)  # a paused node must run to exit
         deadline = time.monotonic() + STOP_GRACE
         for process in live.values():
             try:

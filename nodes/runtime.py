@@ -565,6 +565,11 @@ class NodeRuntime:
                 log.warning("refused link: %s", reason, extra={"fields": {"peer": peer[:64]}})
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
                 return
+        if peer in self.disabled:
+            # An operator's "link down" holds whichever end dials.
+            reason = f"the link to {peer!r} is administratively down at {self.node_id!r}"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, reason)
+            return
         if peer in self.links:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"a link to {peer!r} is already up")
             return

@@ -14,12 +14,13 @@ import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mesh.client import Client, RemoteCallError, Subscription, Target
 from mesh.errors import MeshError
 
-from .checker import ACCEPTED, ATTEMPT, RECEIVED, REFUSED, Ledger
+from .checker import ACCEPTED, ATTEMPT, RECEIVED, REFUSED, Ledger, Verdict, check_ledgers
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -80,8 +81,13 @@ class AckedSender:
         self._seq += 1
         return f"{self.run_name}-{self._seq}"
 
-    async def send_one(self) -> bool:
-        """Send one message now; True when the node accepted it."""
+    async def send_one(self, *, wait_for_ack: bool = False, timeout: float | None = None) -> str:
+        """Send one message now; ``"accepted"`` or the status name it was refused with.
+
+        With ``wait_for_ack`` the call returns only after the destination's
+        end-to-end ack (or fails DEADLINE_EXCEEDED after ``timeout``); a message
+        that timed out that way may still arrive, and counts as indeterminate.
+        """
         message_id = self._next_id()
         body = {"id": message_id, "sent": time.time(), "pad": self._padding}
         self.ledger.record(ATTEMPT, message_id)
@@ -89,20 +95,26 @@ class AckedSender:
         started = time.monotonic()
         try:
             await self.client.send(
-                self.target, body, to=self.to, acknowledged=True, timeout=self.timeout
+                self.target,
+                body,
+                to=self.to,
+                acknowledged=True,
+                wait_for_ack=wait_for_ack,
+                timeout=self.timeout if timeout is None else timeout,
             )
         except RemoteCallError as exc:
-            self.stats.refused[exc.status.name] += 1
-            self.ledger.record(REFUSED, message_id, status=exc.status.name)
-            return False
+            return self._refused(message_id, exc.status.name)
         except MeshError as exc:
-            self.stats.refused[type(exc).__name__] += 1
-            self.ledger.record(REFUSED, message_id, status=type(exc).__name__)
-            return False
+            return self._refused(message_id, type(exc).__name__)
         self.stats.accepted += 1
         self.stats.accept_ms.append((time.monotonic() - started) * 1000)
         self.ledger.record(ACCEPTED, message_id)
-        return True
+        return ACCEPTED
+
+    def _refused(self, message_id: str, status: str) -> str:
+        self.stats.refused[status] += 1
+        self.ledger.record(REFUSED, message_id, status=status)
+        return status
 
     async def _send_in_slot(self) -> None:
         try:
@@ -199,3 +211,62 @@ class Receiver:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, MeshError):
                 await self._task
+
+
+class Flow:
+    """One acknowledged stream from a sending application to a receiving one, judged at the end.
+
+    ``async with Flow(sender_client, receiver_client, "d", run="kill") as flow:``
+    starts the receiver; drive ``flow.sender`` (``run`` or ``send_count``) while
+    injecting faults, then :meth:`settle` waits for every accepted id and
+    returns the checker's verdict. Ledgers go to ``directory`` when given.
+    """
+
+    def __init__(
+        self,
+        sender_client: Client,
+        receiver_client: Client,
+        destination: str,
+        *,
+        run: str,
+        directory: Path | None = None,
+        **sender_options: Any,
+    ) -> None:
+        self.sent = Ledger(directory / f"{run}-sent.jsonl" if directory else None)
+        self.received = Ledger(directory / f"{run}-received.jsonl" if directory else None)
+        self.sender = AckedSender(sender_client, destination, self.sent, run=run, **sender_options)
+        self.receiver = Receiver(receiver_client, self.received)
+        self.settle_s = 0.0
+        """Seconds :meth:`settle` waited after the sender drained, for the last arrivals."""
+
+    async def __aenter__(self) -> Flow:
+        await self.receiver.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.sender.cancel()
+        await self.receiver.stop()
+        self.sent.close()
+        self.received.close()
+
+    async def settle(self, timeout: float, *, linger: float = 1.0) -> Verdict:
+        """Wait for the sender's outstanding calls, then until every accepted id arrived
+        (at most ``timeout`` s), then ``linger`` s more for late duplicates; the verdict."""
+        await self.sender.drain()
+        started = time.monotonic()
+        await self.receiver.wait_for(set(self.sent.ids(ACCEPTED)), timeout)
+        self.settle_s = time.monotonic() - started
+        await asyncio.sleep(linger)
+        return check_ledgers([self.sent], [self.received])
+
+    def figures(self, verdict: Verdict) -> dict[str, Any]:
+        """The common figures of a run, for :func:`nodes.chaos.report.record`."""
+        stats = self.sender.stats
+        return {
+            "counts": verdict.counts(),
+            "refused": dict(stats.refused),
+            "latency_p50_ms": percentile(self.receiver.latency_ms, 50),
+            "latency_p99_ms": percentile(self.receiver.latency_ms, 99),
+            "accept_p99_ms": percentile(stats.accept_ms, 99),
+            "settle_s": round(self.settle_s, 3),
+        }

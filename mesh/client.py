@@ -58,6 +58,8 @@ M = TypeVar("M", bound=ProtoMessage)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest gRPC message either way (the node's limit too)."""
+TIMEOUT_METADATA = "mesh-timeout-ms"
+"""Call metadata with the caller's whole timeout, in ms (see the node's queue-delay limit)."""
 RPC_TIMEOUT = 5.0
 """Seconds a call that waits for nothing remote (async send, publish) may take."""
 ACK_TIMEOUT = 10.0
@@ -576,8 +578,12 @@ class Client:
     async def _unary(self, what: str, method: Any, request: Any, timeout: float) -> Any:
         if self._closed:
             raise InvalidArgument("this client is closed")
+        # The whole timeout travels beside gRPC's (relative, shrinking) deadline,
+        # so the node can tell how long the call queued before it got to it and
+        # shed load (RESOURCE_EXHAUSTED) before callers time out.
+        metadata = ((TIMEOUT_METADATA, str(int(timeout * 1000))),)
         try:
-            return await method(request, timeout=timeout)
+            return await method(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise _from_rpc(exc, self.name, what) from None
 

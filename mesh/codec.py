@@ -100,6 +100,9 @@ def decode_body(body: EncodedBody, message_class: type[Message] | None = None) -
             return json.loads(body.data)
         except (UnicodeDecodeError, ValueError) as exc:
             raise DecodeError(f"JSON body does not parse: {exc}") from exc
+        except RecursionError:
+            # json's decoder recurses per nesting level: a body of 1000 "[" overflows it.
+            raise DecodeError("JSON body is nested too deeply to decode") from None
     if message_class is None:
         raise DecodeError(f"a PROTOBUF body of type {body.body_type!r} needs a message class")
     expected = message_class.DESCRIPTOR.full_name

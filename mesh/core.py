@@ -60,6 +60,7 @@ from mesh.envelope import (
     verify,
 )
 from mesh.errors import (
+    ClockSkew,
     InvalidArgument,
     LinkRefused,
     MeshError,
@@ -80,6 +81,8 @@ from mesh.subjects import check_subject, matches, parse_offer
 from mesh.v1 import envelope_pb2, peer_pb2
 
 PROTOCOL_VERSION = 1
+_MAX_RTO_DOUBLINGS = 6
+"""A recipient's RTO backs off at most 64x (still capped by ``retry_max_s``)."""
 
 ENGINE_NAMES: Mapping[int, str] = {
     peer_pb2.ROUTING_ENGINE_LINK_STATE: "link-state",
@@ -287,6 +290,9 @@ class NodeCore:
         self._timer_seq = itertools.count()
         self._replies: OrderedDict[bytes, Envelope] = OrderedDict()
         self._rtt: dict[str, tuple[float, float]] = {}
+        self._rto_backoff: dict[str, tuple[int, float]] = {}
+        """Recipient -> (doublings of its RTO kept since the last valid sample, when
+        last doubled): Karn's backoff, which outlives the message that timed out."""
         self._traces: OrderedDict[bytes, list[str]] = OrderedDict()
         self._retransmit_bucket: dict[str, tuple[float, float]] = {}
         self.stats: Counter[str] = Counter()
@@ -502,6 +508,8 @@ class NodeCore:
             self._pending[message_id] = pending
             actions.append(self._persist(pending, now))
             self._arm(pending, now + self._backoff(0, target))
+            # First sends, the denominator of "retries add at most x% load" (retransmits).
+            self.stats["acknowledged_sent"] += 1
         actions += self._send_envelope(envelope, target, now)
         return message_id, self._finish(actions, now)
 
@@ -734,6 +742,21 @@ class NodeCore:
         if problem is not None:
             self.stats["links_refused"] += 1
             return self._close(peer, LinkRefused(f"link refused: {problem}"), now)
+        skew = _clock_offset_ms(hello.sent_ms, now)
+        if abs(skew) > self.config.limits.max_clock_skew_ms:
+            # Creation times, deadlines and the dedupe horizon all compare clocks
+            # across nodes; past the bound they would silently expire or replay
+            # messages, so the link is refused loudly instead (fix NTP, then redial).
+            self.stats["links_refused_clock"] += 1
+            return self._close(
+                peer,
+                ClockSkew(
+                    f"link refused: node {peer!r}'s clock is {skew / 1000:+.1f} s from this "
+                    f"node's, more than the {self.config.limits.max_clock_skew_ms / 1000:.0f} s "
+                    "allowed; fix time synchronisation (NTP) on one of them"
+                ),
+                now,
+            )
         neighbour.phase = LinkPhase.UP
         self.stats["links_up"] += 1
         # Identities before adverts: a signed advert is checked against its origin's key.
@@ -818,7 +841,9 @@ class NodeCore:
         if serial_compare(record.sequence, own.sequence) <= 0:
             return []
         # The mesh remembers a previous life of ours: jump past it and re-flood.
-        fresh = make_identity_record(self._identity, record.sequence + 1, self._certificate)
+        # Sequences are uint32 serials (RFC 1982), so the successor of 2**32 - 1 is 0.
+        successor = (record.sequence + 1) % 2**32
+        fresh = make_identity_record(self._identity, successor, self._certificate)
         self.directory.replace_own(fresh)
         frame = peer_pb2.Frame(identity=fresh)
         return [
@@ -850,6 +875,7 @@ class NodeCore:
         actions: list[Action] = []
         outgoing: dict[str, list[Envelope]] = {}
         now_ms = int(now * 1000)
+        skew_ms = self.config.limits.max_clock_skew_ms
         for envelope in envelopes:
             try:
                 verify(envelope, self.config.limits)
@@ -860,15 +886,24 @@ class NodeCore:
             if header.recipient == self.node_id:
                 actions += self._deliver_local(peer, envelope, now)
                 continue
-            if header.deadline_ms and header.deadline_ms < now_ms:
+            # The deadline is on the source's clock, which may be up to the allowed
+            # skew from ours: only a message late by more than that is surely dead.
+            if header.deadline_ms and header.deadline_ms + skew_ms < now_ms:
                 self.stats["dropped_expired"] += 1
                 continue
             if envelope.ttl <= 1:
                 self.stats["dropped_ttl"] += 1
                 continue
-            hop = self._next_hop(header.recipient)
+            hop = self._next_hop(header.recipient, avoid=peer)
             if hop is None:
                 self.stats["dropped_no_route"] += 1
+                continue
+            if hop == peer:
+                # The only way on is back where it came from: a routing loop (a
+                # transient one while tables converge, or one a peer forces).
+                # Bouncing it would only burn ttl and link capacity; the source
+                # of an acknowledged message retransmits it anyway.
+                self.stats["dropped_loop"] += 1
                 continue
             envelope.ttl -= 1
             if (self.config.trace or envelope.trace) and len(envelope.trace) <= _MAX_TRACE:
@@ -885,7 +920,7 @@ class NodeCore:
         try:
             opened = self.opener.open(envelope, now_ms=now_ms)
         except MeshError as exc:
-            return [self._reject(peer, exc, "delivery")]
+            return self._refuse_delivery(peer, exc)
         header = opened.header
         kind = header.kind
         if envelope.trace:
@@ -914,7 +949,7 @@ class NodeCore:
                     return []
                 return self._ack(header, now)  # the first ack may have been lost
             except MeshError as exc:
-                return [self._reject(peer, exc, "delivery")]
+                return self._refuse_delivery(peer, exc)
             actions.append(Remember(message_id=header.message_id, created_ms=header.created_ms))
         self.stats["delivered"] += 1
         actions.append(Deliver(message=opened))
@@ -923,6 +958,15 @@ class NodeCore:
             and kind == envelope_pb2.ENVELOPE_KIND_DATA
         ):
             actions += self._ack(header, now)
+        return actions
+
+    def _refuse_delivery(self, peer: str, error: MeshError) -> list[Action]:
+        """Refuse an envelope sealed to this node (tampered, spoofed, expired, replayed
+        too late). The neighbour that handed it over hears why in a LinkAck, as for
+        an envelope a hop refuses; a local one (``peer`` empty) only counts."""
+        actions: list[Action] = [self._reject(peer, error, "delivery")]
+        if peer:
+            actions.append(self._nack(peer, error))
         return actions
 
     def _ack(self, header: EnvelopeHeader, now: float) -> list[Action]:
@@ -1085,6 +1129,7 @@ class NodeCore:
             self._pending[message_id] = pending
             actions.append(self._persist(pending, now))
             self._arm(pending, now + self._backoff(0, node))
+            self.stats["acknowledged_sent"] += 1
         return message_id, actions + self._send_envelope(envelope, node, now)
 
     def _seal(
@@ -1164,21 +1209,40 @@ class NodeCore:
 
     def _backoff(self, attempt: int, recipient: str = "") -> float:
         """Retry delay after ``attempt`` tries: the recipient's RTO doubled per
-        attempt, capped, with +-25% jitter."""
+        attempt, capped, plus up to 25% jitter (never less than the RTO: firing
+        early is a spurious retransmit by construction)."""
         delivery = self.config.delivery
         base = min(delivery.retry_max_s, self._rto(recipient) * 2.0 ** min(attempt, 30))
-        return base * (0.75 + 0.5 * self._rng.random())
+        return base * (1.0 + 0.25 * self._rng.random())
 
     def _rto(self, recipient: str) -> float:
-        """Retransmission timeout to ``recipient``, RFC 6298 style, from acked round trips."""
-        floor = self.config.delivery.retry_initial_s
+        """Retransmission timeout to ``recipient``, RFC 6298 style, from acked round trips,
+        doubled once per timeout until a fresh sample arrives (RFC 6298 5.5, Karn)."""
+        delivery = self.config.delivery
+        floor = delivery.retry_initial_s
         estimate = self._rtt.get(recipient)
-        if estimate is None:
-            return floor
-        srtt, rttvar = estimate
-        return max(floor, srtt + 4 * rttvar)
+        # Linux's form: the variance term is at least the floor, so a steady path
+        # (rttvar ~ 0) does not get an RTO equal to its RTT, which any jitter exceeds.
+        rto = floor if estimate is None else estimate[0] + max(4 * estimate[1], floor)
+        doublings, _ = self._rto_backoff.get(recipient, (0, 0.0))
+        return min(delivery.retry_max_s, rto * 2.0**doublings)
+
+    def _timed_out(self, recipient: str, now: float) -> None:
+        """A retransmission timer to ``recipient`` fired: back its RTO off.
+
+        Without this, every new message starts again from the RTO that just
+        proved too short, and on a slow or lossy path (TCP retransmitting
+        underneath) each one is sent twice or more. Karn's rule keeps the
+        backed-off RTO until an unambiguous round trip is measured. One
+        doubling per RTO, as TCP has one timer per connection: a burst of
+        messages timing out together is one timeout, not fifty.
+        """
+        doublings, last = self._rto_backoff.get(recipient, (0, float("-inf")))
+        if now - last >= self._rto(recipient) and doublings < _MAX_RTO_DOUBLINGS:
+            self._rto_backoff[recipient] = (doublings + 1, now)
 
     def _sample_rtt(self, recipient: str, rtt: float) -> None:
+        self._rto_backoff.pop(recipient, None)
         estimate = self._rtt.get(recipient)
         if estimate is None:
             self._rtt[recipient] = (rtt, rtt / 2)
@@ -1286,6 +1350,7 @@ class NodeCore:
         if not reachable and pending.destination_kind != envelope_pb2.DESTINATION_KIND_SERVICE:
             self._arm(pending, now + self._backoff(0, pending.recipient))
             return actions
+        self._timed_out(pending.recipient, now)
         pending.attempts += 1
         self._arm(pending, now + self._backoff(pending.attempts, pending.recipient))
         if (
@@ -1315,11 +1380,17 @@ class NodeCore:
         resend.CopyFrom(pending.envelope)  # forwarders decrement ttl on their copy
         return actions + self._send_envelope(resend, pending.recipient, now)
 
-    def _next_hop(self, destination: str) -> str | None:
-        """A next hop to ``destination``; equal-cost next hops are used in turn."""
+    def _next_hop(self, destination: str, avoid: str | None = None) -> str | None:
+        """A next hop to ``destination``; equal-cost next hops are used in turn.
+
+        ``avoid`` (the neighbour an envelope came from) is chosen only when it is
+        the sole next hop, so the caller can tell a loop from a detour.
+        """
         hops = self.table.next_hops(destination)
         if not hops:
             return None
+        if avoid is not None and avoid in hops and len(hops) > 1:
+            hops = frozenset(hops) - {avoid}
         if len(hops) == 1:
             return next(iter(hops))
         turn = self._ecmp_turn.get(destination, 0)
@@ -1399,6 +1470,15 @@ class NodeCore:
         if wake is not None:
             actions.append(Wake(at=max(wake, now)))
         return actions
+
+
+def _clock_offset_ms(sent_ms: int, now: float) -> int:
+    """How far a peer's clock is ahead of ours (negative: behind); 0 when it sent no time.
+
+    Network delay makes this an overestimate by at most one one-way trip, far
+    below any skew bound worth setting.
+    """
+    return sent_ms - int(now * 1000) if sent_ms else 0
 
 
 def _policy(policy: Policy | str | None) -> Policy | None:

@@ -200,6 +200,25 @@ class NodeSettings(_Model):
     """``static`` uses configured costs; ``rtt`` derives them from measured round trips."""
     trace: bool = False
     """Record the hop trace in envelopes (debugging; costs bytes per hop)."""
+    max_inflight_sends: int = Field(default=1024, ge=1)
+    """Client Send/Request calls a node works on at once; one more is refused at once
+    with RESOURCE_EXHAUSTED instead of queueing until its deadline (entry admission)."""
+    max_client_streams: int = Field(default=1024, ge=1)
+    """Long-lived client streams (Receive, Subscribe, Serve, SendStream...) open at once
+    on a node; one more is refused with RESOURCE_EXHAUSTED."""
+    max_concurrent_streams: int = Field(default=4096, ge=1)
+    """HTTP/2 streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
+    Above the two limits above, so those answer RESOURCE_EXHAUSTED before a client
+    has to queue calls locally."""
+    keepalive_min_interval_ms: int = Field(default=10_000, ge=1_000)
+    """Shortest interval between HTTP/2 pings a client may keep up (also on idle
+    connections); the SDK pings every 300 s. Faster pings earn strikes."""
+    keepalive_max_ping_strikes: int = Field(default=2, ge=1)
+    """Pings too early tolerated before the node ends the connection with GOAWAY
+    (ENHANCE_YOUR_CALM, ``too_many_pings``); at least 1, as 0 would mean unlimited."""
+    max_queue_delay_ms: int = Field(default=500, ge=1)
+    """A client send that waited longer than this (in gRPC's queue, in front of a
+    saturated node) is refused with RESOURCE_EXHAUSTED when the node gets to it."""
 
     @model_validator(mode="after")
     def _timers_are_consistent(self) -> NodeSettings:

@@ -44,6 +44,10 @@ class LinkSettings:
     """Data frames queued per link before senders wait (or are refused)."""
     control_max: int = 100_000
     """Control frames queued per link before the link is considered stuck and closed."""
+    write_max_bytes: int = 16 * 1024 * 1024
+    """Most bytes merged into one write (one frame always goes alone, whatever its size).
+    Without it ``batch_max`` large envelopes could merge into a message over the
+    neighbour's gRPC receive limit, which fails the whole link."""
 
 
 class LinkStuck(Exception):
@@ -126,9 +130,15 @@ class PeerLink:
             else:
                 if settings.batch_delay > 0 and len(self._data) < settings.batch_max:
                     await asyncio.sleep(settings.batch_delay)
-                parts: list[bytes] = []
-                while self._data and len(parts) < settings.batch_max:
+                parts: list[bytes] = [self._data.popleft()]
+                size = len(parts[0])
+                while (
+                    self._data
+                    and len(parts) < settings.batch_max
+                    and size + len(self._data[0]) <= settings.write_max_bytes
+                ):
                     parts.append(self._data.popleft())
+                    size += len(parts[-1])
                 chunk = b"".join(parts)  # merges into one Frame with one EnvelopeBatch
                 count = len(parts)
                 if len(self._data) < settings.queue_max:

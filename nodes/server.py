@@ -10,29 +10,36 @@ close, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.actions import Acked, Action, Failed, Replied
+from mesh.client import TIMEOUT_METADATA
 from mesh.codec import ContentType, EncodedBody
 from mesh.core import CoreConfig
 from mesh.crypto import NodeIdentity
 from mesh.envelope import DEFAULT_LIMITS, OpenedMessage
-from mesh.errors import InvalidArgument, LocalError, MeshError, Status
+from mesh.errors import InvalidArgument, LocalError, Malformed, MeshError, Status
 from mesh.linkcost import CostPolicy
 from mesh.subjects import check_pattern, offer
 from mesh.v1 import admin_pb2, admin_pb2_grpc, client_pb2, client_pb2_grpc, envelope_pb2, peer_pb2
 from nodes import logs, pki
 from nodes.apps import Instance, Subscription
-from nodes.config import NodeConfig, load_node_config
+from nodes.config import NodeConfig, NodeSettings, load_node_config
 from nodes.links import LinkSettings
 from nodes.metrics import start_metrics
 from nodes.runtime import NeighbourSpec, NodeRuntime, RuntimeOptions, Transport
@@ -58,6 +65,322 @@ class ListenError(LocalError):
     """The node cannot bind its listen address."""
 
     status = Status.UNAVAILABLE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerLimits:
+    """Bounds on what clients and peers may ask of the server (from :class:`NodeSettings`).
+
+    Each is answered with a documented status (docs/protocol.md) instead of a
+    queue that grows until deadlines pass: a node under attack or overload
+    refuses at its door, logs it and stays up.
+    """
+
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    """Largest gRPC message either way; grpc answers a bigger one RESOURCE_EXHAUSTED."""
+    max_inflight_sends: int = 1024
+    """Client Send/Request calls in progress at once; one more is refused (``Busy``)."""
+    max_client_streams: int = 1024
+    """Long-lived client streams open at once; one more is refused (RESOURCE_EXHAUSTED)."""
+    max_concurrent_streams: int = 4096
+    """HTTP/2 streams per connection (the transport's own bound, above the two above)."""
+    keepalive_min_interval_ms: int = 10_000
+    """Pings closer together than this earn the connection a strike."""
+    keepalive_max_ping_strikes: int = 2
+    """Strikes before GOAWAY (ENHANCE_YOUR_CALM, too_many_pings)."""
+    max_queue_delay_ms: int = 500
+    """A client send that waited longer than this before the node got to it is refused
+    (``Busy``): the queue in front of a saturated node stays this short."""
+
+    @classmethod
+    def of(cls, settings: NodeSettings) -> ServerLimits:
+        return cls(
+            max_inflight_sends=settings.max_inflight_sends,
+            max_client_streams=settings.max_client_streams,
+            max_concurrent_streams=settings.max_concurrent_streams,
+            keepalive_min_interval_ms=settings.keepalive_min_interval_ms,
+            keepalive_max_ping_strikes=settings.keepalive_max_ping_strikes,
+            max_queue_delay_ms=settings.max_queue_delay_ms,
+        )
+
+    def server_options(self) -> list[tuple[str, int]]:
+        """grpc.aio server options enforcing the transport bounds."""
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            # The SDK pings every 300 s (mesh.client.KEEPALIVE_MS), idle streams
+            # included; anything much faster is abuse and ends its connection.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", self.keepalive_min_interval_ms),
+            ("grpc.http2.max_ping_strikes", self.keepalive_max_ping_strikes),
+        ]
+
+
+class _Gate:
+    """Calls of one kind in progress at this node, refused past ``limit``.
+
+    A counter, not a semaphore: a call over the limit must be answered at
+    once, never queued behind the ones in progress.
+    """
+
+    def __init__(self, limit: int, what: str, counter: str) -> None:
+        self.limit = limit
+        self.what = what
+        self.counter = counter
+        self.in_use = 0
+
+    def try_enter(self) -> bool:
+        if self.in_use >= self.limit:
+            return False
+        self.in_use += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_use -= 1
+
+
+class _QuietLog:
+    """Lines a client can trigger at will, at most one per key per second.
+
+    A hostile or overloaded client must not be able to fill the disk with our
+    logs; what is held back is counted and reported with the next line. Keys
+    name the kind of refusal and the client connection, so one noisy client
+    does not hide another's first refusal; at most ``max_keys`` are tracked.
+    """
+
+    def __init__(self, interval: float = 1.0, max_keys: int = 1024) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def log(self, level: int, key: str, message: str, fields: dict[str, object]) -> None:
+        now = time.monotonic()
+        if len(self._last) >= self.max_keys and key not in self._last:
+            self._last.clear()  # forgetting only lets a few more lines through
+            self._held.clear()
+        if now - self._last.get(key, -self.interval) < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            fields = {**fields, "suppressed": held}
+        log.log(level, message, extra={"fields": fields})
+
+
+class _CallGuard:
+    """What every client and admin call passes first: parsing and admission.
+
+    The services are served over raw bytes, so a request that does not parse is
+    refused here with INVALID_ARGUMENT (grpcio's own deserializer would answer
+    UNKNOWN, with a Python exception name in the details).
+    """
+
+    def __init__(self, runtime: NodeRuntime, limits: ServerLimits) -> None:
+        self.runtime = runtime
+        self.max_queue_delay_ms = limits.max_queue_delay_ms
+        self.sends = _Gate(limits.max_inflight_sends, "client sends", "refused_sends_in_flight")
+        self.streams = _Gate(limits.max_client_streams, "client streams", "refused_client_streams")
+        self.quiet = _QuietLog()
+
+    async def parse(
+        self,
+        request_class: type[Message],
+        data: object,
+        method: str,
+        context: grpc.aio.ServicerContext,
+    ) -> Any:
+        """The request message in ``data``; aborts with INVALID_ARGUMENT if it does not parse."""
+        request = request_class()
+        try:
+            if not isinstance(data, bytes):
+                raise Malformed(f"{method}: expected bytes, got {type(data).__name__}")
+            try:
+                request.ParseFromString(data)
+            except DecodeError:
+                raise Malformed(
+                    f"{len(data)} bytes are not a {request_class.DESCRIPTOR.full_name}"
+                ) from None
+        except Malformed as exc:
+            self.runtime.count("refused_malformed_calls")
+            self.quiet.log(
+                logging.WARNING,
+                f"malformed:{method}:{context.peer()}",
+                f"refused call: {exc}",
+                {"method": method, "client": context.peer(), "status": exc.status.name},
+            )
+            await context.abort(grpc_code(exc.status), str(exc))
+        return request
+
+    async def parse_each(
+        self,
+        request_class: type[Message],
+        requests: AsyncIterable[object],
+        method: str,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[Any]:
+        async for data in requests:
+            yield await self.parse(request_class, data, method, context)
+
+    @contextlib.asynccontextmanager
+    async def admit(
+        self, gate: _Gate | None, method: str, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[None]:
+        """Hold a place in ``gate`` for the call, or refuse it with RESOURCE_EXHAUSTED."""
+        if gate is None:
+            yield
+            return
+        queued_ms = _queued_ms(context) if gate is self.sends else None
+        if queued_ms is not None and queued_ms > self.max_queue_delay_ms:
+            # The calls in progress are few, yet this one waited: the queue is in
+            # gRPC, in front of a saturated node. Refusing costs far less than
+            # accepting, so the queue drains and callers hear it while it matters.
+            self.runtime.count("refused_queue_delay")
+            error = Busy(
+                f"node {self.runtime.node_id!r} is overloaded: this call waited "
+                f"{queued_ms:.0f} ms before the node could take it (the limit is "
+                f"{self.max_queue_delay_ms} ms); retry later"
+            )
+            self.quiet.log(
+                logging.WARNING,
+                f"busy:queue:{context.peer()}",
+                f"refused call: {error}",
+                {"method": method, "client": context.peer(), "status": error.status.name},
+            )
+            await context.abort(grpc_code(error.status), str(error))
+        if not gate.try_enter():
+            self.runtime.count(gate.counter)
+            error = Busy(
+                f"node {self.runtime.node_id!r} already has {gate.in_use} {gate.what} in "
+                f"progress (the limit is {gate.limit}); retry later"
+            )
+            self.quiet.log(
+                logging.WARNING,
+                f"busy:{gate.counter}:{context.peer()}",
+                f"refused call: {error}",
+                {"method": method, "client": context.peer(), "status": error.status.name},
+            )
+            await context.abort(grpc_code(error.status), str(error))
+        try:
+            yield
+        except asyncio.CancelledError:
+            if gate is self.streams:  # the client went away, or its connection did (GOAWAY)
+                self.quiet.log(
+                    logging.INFO,
+                    f"cancelled:{method}:{context.peer()}",
+                    "client stream cancelled",
+                    {"method": method, "client": context.peer()},
+                )
+            raise
+        finally:
+            gate.leave()
+
+
+def _queued_ms(context: grpc.aio.ServicerContext) -> float | None:
+    """How long a call waited between its client and this handler, in ms.
+
+    gRPC sends deadlines as a relative timeout, and the SDK also sends the
+    whole timeout (``mesh-timeout-ms``): what is missing from the remaining time
+    was spent in transit and in the queue. None for callers that do not say.
+    """
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    for key, value in context.invocation_metadata() or ():
+        if key == TIMEOUT_METADATA:
+            try:
+                return int(value) - float(remaining) * 1000
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def _raw_handlers(
+    service: ServiceDescriptor,
+    servicer: object,
+    guard: _CallGuard,
+    gates: Mapping[str, _Gate] | None = None,
+) -> dict[str, grpc.RpcMethodHandler]:
+    """Method handlers for ``service`` that take raw bytes and parse them in the guard.
+
+    Every method of the service descriptor gets one, so a method added to the
+    proto cannot silently fall back to grpcio's deserializer.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        handlers[method.name] = _raw_handler(
+            f"/{service.full_name}/{method.name}",
+            GetMessageClass(method.input_type),
+            getattr(servicer, method.name),
+            guard,
+            (gates or {}).get(method.name),
+            client_streaming=method.client_streaming,
+            server_streaming=method.server_streaming,
+        )
+    return handlers
+
+
+def _raw_handler(
+    name: str,
+    request_class: type[Message],
+    behaviour: Callable[..., Any],
+    guard: _CallGuard,
+    gate: _Gate | None,
+    *,
+    client_streaming: bool,
+    server_streaming: bool,
+) -> grpc.RpcMethodHandler:
+    if not client_streaming and not server_streaming:
+
+        async def unary_unary(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+            request = await guard.parse(request_class, data, name, context)
+            async with guard.admit(gate, name, context):
+                return await behaviour(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, request_deserializer=None, response_serializer=_serialize
+        )
+    if not client_streaming:
+
+        async def unary_stream(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+            request = await guard.parse(request_class, data, name, context)
+            async with guard.admit(gate, name, context):
+                async for response in behaviour(request, context):
+                    yield response
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, request_deserializer=None, response_serializer=_serialize
+        )
+    if not server_streaming:
+
+        async def stream_unary(
+            requests: AsyncIterable[object], context: grpc.aio.ServicerContext
+        ) -> Any:
+            async with guard.admit(gate, name, context):
+                parsed = guard.parse_each(request_class, requests, name, context)
+                return await behaviour(parsed, context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, request_deserializer=None, response_serializer=_serialize
+        )
+
+    async def stream_stream(
+        requests: AsyncIterable[object], context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with guard.admit(gate, name, context):
+            parsed = guard.parse_each(request_class, requests, name, context)
+            async for response in behaviour(parsed, context):
+                yield response
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream, request_deserializer=None, response_serializer=_serialize
+    )
 
 
 SERVICE_NAMES = (
@@ -113,8 +436,17 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
 
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
+        self.quiet = _QuietLog()
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: MeshError) -> None:
+        """Refuse the call with the error's status; logged (at most once a second per
+        kind of error, as a client can repeat a bad call at will)."""
+        self.quiet.log(
+            logging.WARNING,
+            f"{type(error).__name__}:{context.peer()}",
+            f"refused client call: {error}",
+            {"client": context.peer(), "status": error.status.name},
+        )
         await context.abort(grpc_code(error.status), str(error))
 
     def _submit(
@@ -267,11 +599,15 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[client_pb2.ServeDownstream]:
         runtime = self.runtime
-        first = await context.read()
-        if first is grpc.aio.EOF or not first.HasField("register"):
+        # The stream is read through the (parsing) iterator, never context.read(),
+        # which would hand over raw bytes.
+        upstream = aiter(request_iterator)
+        first = await anext(upstream, None)
+        if first is None or not first.HasField("register"):
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, "the first Serve message must register"
             )
+            raise AssertionError("unreachable")
         registration = first.register
         if not 0 < len(registration.service.encode()) <= 255:
             await context.abort(
@@ -295,13 +631,10 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         )
 
         async def replies() -> None:
-            while True:
-                upstream = await context.read()
-                if upstream is grpc.aio.EOF:
-                    return
-                if not upstream.HasField("reply"):
+            async for message in upstream:
+                if not message.HasField("reply"):
                     continue
-                answer = upstream.reply
+                answer = message.reply
                 entry = runtime.apps.answered(answer.request_id)
                 if entry is None:
                     runtime.count("late_replies")
@@ -331,6 +664,10 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     getter.cancel()
                     break
                 yield client_pb2.ServeDownstream(request=_delivery(getter.result()))
+            if not reader.cancelled() and reader.exception() is not None:
+                # The reader aborted the call (an upstream message that does not
+                # parse, a reply body that does not encode): end with its status.
+                raise cast("BaseException", reader.exception())
         finally:
             reader.cancel()
             runtime.apps.remove_instance(instance)
@@ -461,6 +798,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.StatsResponse:
         counters = dict(self.runtime.core.stats)
         counters.update(self.runtime.counters)
+        # A gauge beside the counters: acknowledged messages and requests not yet
+        # answered (each acknowledged one is in the outbox until its ack).
+        counters["pending"] = self.runtime.core.pending_count
         return admin_pb2.StatsResponse(counters={k: int(v) for k, v in counters.items()})
 
     async def SetLink(
@@ -488,25 +828,38 @@ async def create_server(
     runtime: NodeRuntime,
     address: str,
     credentials: grpc.ServerCredentials | None,
+    limits: ServerLimits | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Build and start the server on ``address`` (port 0 picks a free one)."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # Let SDK clients keep idle streams alive with pings every ~30 s.
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-            ("grpc.http2.max_ping_strikes", 0),
-        ]
-    )
+    """Build and start the server on ``address`` (port 0 picks a free one).
+
+    Raises:
+        ListenError: the address cannot be bound.
+    """
+    limits = limits or ServerLimits()
+    server = grpc.aio.server(options=limits.server_options())
     link_handler = grpc.method_handlers_generic_handler(
         "mesh.v1.PeerService",
         {"Link": grpc.stream_stream_rpc_method_handler(runtime.serve_link)},
     )
     server.add_generic_rpc_handlers((link_handler,))
-    client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(runtime), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
+    guard = _CallGuard(runtime, limits)
+    stream_methods = ("Serve", "Subscribe", "Receive", "SendStream", "ReceiveBatches")
+    client_service = client_pb2.DESCRIPTOR.services_by_name["ClientService"]
+    admin_service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+    gates = {
+        "Send": guard.sends,
+        "Request": guard.sends,
+        **{name: guard.streams for name in stream_methods},
+    }
+    services = [
+        (client_service, _raw_handlers(client_service, ClientServicer(runtime), guard, gates)),
+        (admin_service, _raw_handlers(admin_service, AdminServicer(runtime), guard)),
+    ]
+    for descriptor, handlers in services:
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+        )
+        server.add_registered_method_handlers(descriptor.full_name, handlers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -585,7 +938,9 @@ def build_runtime(config: NodeConfig) -> tuple[NodeRuntime, grpc.ServerCredentia
 async def serve(config: NodeConfig, ready_file: Path | None = None) -> int:
     """Run a node until SIGTERM or SIGINT; returns the exit code."""
     runtime, credentials = build_runtime(config)
-    server, port, health_servicer = await create_server(runtime, config.listen, credentials)
+    server, port, health_servicer = await create_server(
+        runtime, config.listen, credentials, ServerLimits.of(config.settings)
+    )
     metrics_port = None
     if config.metrics_port is not None:
         metrics_port = start_metrics(runtime, config.metrics_port, config.metrics_host)
@@ -628,4 +983,13 @@ def run_node(
     return asyncio.run(serve(config, ready_file))
 
 
-__all__ = ["AdminServicer", "ClientServicer", "build_runtime", "create_server", "run_node", "serve"]
+__all__ = [
+    "AdminServicer",
+    "Busy",
+    "ClientServicer",
+    "ServerLimits",
+    "build_runtime",
+    "create_server",
+    "run_node",
+    "serve",
+]

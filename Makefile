@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/mesh/v1/*.proto)
 
-.PHONY: install proto check-proto lint typecheck test unit demo bench clean
+.PHONY: install proto check-proto lint typecheck test unit chaos demo bench clean
 
 install: $(STAMP)
 
@@ -43,6 +43,16 @@ test: $(STAMP) check-proto lint typecheck
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+# The long reliability battery (`make test` runs the CI-sized one): every fault,
+# load and hostile-input check with 5x the durations, the fuzzers with many more
+# examples; then the figures as one table (docs/reliability.md quotes it).
+chaos: $(STAMP)
+	rm -rf build/chaos
+	MESH_CHAOS_LONG=1 MESH_FUZZ_EXAMPLES=5000 $(BIN)/python -m pytest -q \
+		tests/chaos tests/netns/test_chaos_lab.py tests/integration/test_hostile.py \
+		tests/unit/test_fuzz.py
+	$(BIN)/python -m nodes.chaos.report
 
 demo: $(STAMP)
 	$(BIN)/mesh demo

@@ -42,8 +42,11 @@ class SendStats:
     """Status name -> count of sends the node refused (or that failed in transport)."""
     accept_ms: list[float] = field(default_factory=list)
     """How long each accepted send took to be accepted (stored durably by the node)."""
-    late: int = 0
-    """Sends that went out later than due because ``max_in_flight`` were outstanding."""
+    first_refusal: dict[str, str] = field(default_factory=dict)
+    """Status name -> the first refusal's message, to tell what each status meant."""
+    shed: int = 0
+    """Sends :meth:`AckedSender.run` skipped because ``max_in_flight`` were outstanding
+    (never attempted, so never in a ledger)."""
 
 
 class AckedSender:
@@ -103,16 +106,17 @@ class AckedSender:
                 timeout=self.timeout if timeout is None else timeout,
             )
         except RemoteCallError as exc:
-            return self._refused(message_id, exc.status.name)
+            return self._refused(message_id, exc.status.name, str(exc))
         except MeshError as exc:
-            return self._refused(message_id, type(exc).__name__)
+            return self._refused(message_id, type(exc).__name__, str(exc))
         self.stats.accepted += 1
         self.stats.accept_ms.append((time.monotonic() - started) * 1000)
         self.ledger.record(ACCEPTED, message_id)
         return ACCEPTED
 
-    def _refused(self, message_id: str, status: str) -> str:
+    def _refused(self, message_id: str, status: str, message: str) -> str:
         self.stats.refused[status] += 1
+        self.stats.first_refusal.setdefault(status, message[:300])
         self.ledger.record(REFUSED, message_id, status=status)
         return status
 
@@ -123,7 +127,8 @@ class AckedSender:
             self._slots.release()
 
     async def run(self, *, rate_per_s: float, duration_s: float) -> None:
-        """Send at ``rate_per_s`` for ``duration_s``, then wait for the outstanding calls."""
+        """Offer ``rate_per_s`` for ``duration_s`` (shedding what finds no free slot), then
+        wait for the outstanding calls."""
         if rate_per_s <= 0 or duration_s < 0:
             raise ValueError("rate_per_s must be positive and duration_s not negative")
         loop = asyncio.get_running_loop()
@@ -134,13 +139,16 @@ class AckedSender:
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            due += interval
             if self._slots.locked():
-                self.stats.late += 1
+                # The open loop sheds here rather than waiting: waiting would turn
+                # it into a closed loop that offers only what the mesh absorbs.
+                self.stats.shed += 1
+                continue
             await self._slots.acquire()
             task = asyncio.ensure_future(self._send_in_slot())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            due += interval
         await self.drain()
 
     async def send_count(self, count: int) -> None:
@@ -265,6 +273,8 @@ class Flow:
         return {
             "counts": verdict.counts(),
             "refused": dict(stats.refused),
+            "shed_by_client": stats.shed,
+            "first_refusal": dict(stats.first_refusal),
             "latency_p50_ms": percentile(self.receiver.latency_ms, 50),
             "latency_p99_ms": percentile(self.receiver.latency_ms, 99),
             "accept_p99_ms": percentile(stats.accept_ms, 99),

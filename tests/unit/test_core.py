@@ -159,6 +159,41 @@ def test_a_peer_claiming_another_node_id_is_refused() -> None:
     assert "expected node 'b'" in close.reason
 
 
+@pytest.mark.parametrize(
+    ("offset_s", "refused"), [(30, False), (-30, False), (300, True), (-300, True)]
+)
+def test_a_peer_clock_beyond_the_skew_bound_is_refused(offset_s: float, refused: bool) -> None:
+    now = 1_800_000_000.0
+    ours = NodeCore(identity("a"), config(), random_bytes=random.Random(1).randbytes)
+    peer = NodeCore(identity("b"), config(), random_bytes=random.Random(2).randbytes)
+    ours.link_up("b", 1, now)
+    actions = ours.frame_received("b", peer.hello(now + offset_s), now)
+    closes = [a for a in actions if isinstance(a, CloseLink)]
+    if not refused:
+        assert closes == []
+        assert [p.peer for p in ours.peers()] == ["b"]
+        return
+    (close,) = closes
+    assert close.status == Status.FAILED_PRECONDITION
+    assert f"clock is {offset_s:+.1f} s from this node's" in close.reason
+    assert ours.stats["links_refused_clock"] == 1
+
+
+@pytest.mark.parametrize(("late_s", "forwarded"), [(20, True), (70, False)])
+def test_forwarders_drop_only_messages_late_by_more_than_the_skew(
+    late_s: float, forwarded: bool
+) -> None:
+    # The deadline is on the source's clock, up to 60 s from the forwarder's: a
+    # message 20 s "late" may be on time at its source, one 70 s late cannot be.
+    net = CoreNetwork(nx.path_graph(["a", "b", "c"]), config())
+    net.run_until_converged()
+    deadline_ms = int((net.now - late_s) * 1000)
+    net.send("a", "c", encode_body(b"late?"), deadline_ms=deadline_ms)
+    net.advance(1.0)
+    assert net.cores["b"].stats["forwarded"] == (1 if forwarded else 0)
+    assert net.cores["b"].stats["dropped_expired"] == (0 if forwarded else 1)
+
+
 def test_data_before_hello_is_a_protocol_violation() -> None:
     ours = NodeCore(identity("a"), config(), random_bytes=random.Random(1).randbytes)
     ours.link_up("b", 1, 0.0)

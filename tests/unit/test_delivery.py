@@ -251,3 +251,25 @@ def test_a_subscriber_that_leaves_stops_receiving() -> None:
     net.advance(0.5)
     publish(net, "news.tomorrow")
     assert len(net.delivered["s1"]) == 2 and len(net.delivered["s2"]) == 1
+
+
+def test_a_slow_path_backs_the_rto_off_for_every_message_not_one_at_a_time() -> None:
+    # The path's round trip (0.8 s) is four times the initial RTO. Karn's backoff
+    # outlives the message that timed out, so later messages wait longer instead
+    # of each being sent two or three times before the first ack comes back.
+    graph = nx.Graph()
+    graph.add_edge("a", "b", cost=1, delay_s=0.2)
+    graph.add_edge("b", "c", cost=1, delay_s=0.2)
+    net = CoreNetwork(graph, config(retry_initial_s=0.2))
+    net.run_until_converged()
+    sent = 100
+    for n in range(sent):
+        net.send("a", "c", body(n), mode=ACK, deadline_ms=int((net.now + 60) * 1000))
+        net.advance(0.02)
+    net.advance(10.0)
+    assert delivered_ids(net, "c") == Counter({i: 1 for i in delivered_ids(net, "c")})
+    assert len(net.acked["a"]) == sent
+    retransmits = net.cores["a"].stats["retransmits"]
+    # Only messages sent before the first round trip completed are resent (about
+    # 40 here); restarting every message from the initial RTO resent each twice.
+    assert retransmits < sent * 0.5, retransmits

@@ -1,0 +1,210 @@
+"""Load on `mesh up` processes: a steady acknowledged stream, then five times what the
+mesh sustains. Correctness (the checker's counts, bounded memory, an empty outbox,
+refusals at the entry node) is asserted; latencies and times are recorded only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from nodes.chaos.probes import rss_mb
+from nodes.chaos.report import record
+from nodes.chaos.workload import Flow, percentile
+from nodes.launcher import MeshHandle
+
+from .conftest import SCALE, SETTLE_TIMEOUT, client_of, stats, write_topology
+
+STEADY_RATE = 200.0
+"""Messages per second of the steady run (the 3-node chain sustains several times that)."""
+STEADY_S = 60.0
+WARMUP_S = 5.0
+OVERLOAD_S = 30.0
+MEMORY_GROWTH_MB = 50.0
+INFLIGHT_LIMIT = 256
+"""The entry node's admission limit in the overload test (max_inflight_sends)."""
+
+CHAIN = """\
+mesh: chain
+routing: link-state
+nodes: {a: {}, b: {}, c: {}}
+links:
+  - {a: a, b: b}
+  - {a: b, b: c}
+"""
+
+TRIANGLE = """\
+mesh: triangle
+routing: distance-vector
+nodes: {a: {}, b: {}, c: {}}
+links:
+  - {a: a, b: b}
+  - {a: b, b: c}
+  - {a: a, b: c}
+"""
+
+OVERLOAD = f"""\
+mesh: overload
+routing: link-state
+settings: {{max_inflight_sends: {INFLIGHT_LIMIT}}}
+nodes: {{a: {{}}, b: {{}}, c: {{}}}}
+links:
+  - {{a: a, b: b}}
+  - {{a: b, b: c}}
+"""
+
+
+@pytest.fixture(scope="module")
+def meshes(
+    mesh_factory: Callable[..., MeshHandle], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], MeshHandle]]:
+    texts = {"chain": CHAIN, "triangle": TRIANGLE, "overload": OVERLOAD}
+
+    def make(name: str) -> MeshHandle:
+        return mesh_factory(write_topology(tmp_path_factory, name, texts[name]))
+
+    yield make
+
+
+def memory(handle: MeshHandle) -> dict[str, float]:
+    return {node: rss_mb(handle.processes[node].pid) for node in handle.nodes}
+
+
+def outboxes(handle: MeshHandle) -> int:
+    """Acknowledged messages not yet acked, over every node (the nodes' outboxes)."""
+    return sum(stats(handle, node).get("pending", 0) for node in handle.nodes)
+
+
+async def until_outboxes_empty(handle: MeshHandle, timeout: float) -> float:
+    started = time.monotonic()
+    while await asyncio.to_thread(outboxes, handle):
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"outboxes still hold {outboxes(handle)} messages")
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("shape", ["chain", "triangle"])
+async def test_a_steady_acknowledged_stream(
+    meshes: Callable[[str], MeshHandle], shape: str, tmp_path: Path
+) -> None:
+    handle = meshes(shape)
+    sender, receiver = await client_of(handle, "a"), await client_of(handle, "c")
+    try:
+        async with Flow(sender, receiver, "c", run=shape, directory=tmp_path) as flow:
+            await flow.sender.run(rate_per_s=STEADY_RATE, duration_s=WARMUP_S)
+            before = memory(handle)
+            started = time.monotonic()
+            await flow.sender.run(rate_per_s=STEADY_RATE, duration_s=STEADY_S * SCALE)
+            sent_s = time.monotonic() - started
+            empty_s = await until_outboxes_empty(handle, 60)
+            verdict = await flow.settle(SETTLE_TIMEOUT)
+            after = memory(handle)
+    finally:
+        await sender.close()
+        await receiver.close()
+    growth = {node: round(after[node] - before[node], 1) for node in after}
+    record(
+        f"load-{shape}",
+        {
+            **flow.figures(verdict),
+            "rate_per_s": STEADY_RATE,
+            "achieved_per_s": round(flow.sender.stats.accepted / (sent_s + WARMUP_S), 1),
+            "duration_s": STEADY_S * SCALE,
+            "rss_growth_mb": growth,
+            "rss_end_mb": {node: round(mb, 1) for node, mb in after.items()},
+            "outbox_empty_after_s": round(empty_s, 3),
+            "targets": "memory growth < 50 MB, outbox empty <= 5 s after the end",
+        },
+    )
+    assert verdict.ok, verdict.summary()
+    assert flow.sender.stats.refused == {}
+    assert max(growth.values()) < MEMORY_GROWTH_MB, growth
+
+
+async def test_five_times_the_sustainable_rate(
+    meshes: Callable[[str], MeshHandle], tmp_path: Path
+) -> None:
+    handle = meshes("overload")
+    sender, receiver = await client_of(handle, "a"), await client_of(handle, "c")
+    largest_outbox = 0
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal largest_outbox
+        while sampling:
+            largest_outbox = max(largest_outbox, await asyncio.to_thread(outboxes, handle))
+            await asyncio.sleep(0.5)
+
+    try:
+        # What the chain sustains: closed loop, as many in flight as the limit allows.
+        async with Flow(
+            sender,
+            receiver,
+            "c",
+            run="sustain",
+            directory=tmp_path,
+            max_in_flight=INFLIGHT_LIMIT // 2,
+        ) as probe:
+            started = time.monotonic()
+            await probe.sender.send_count(int(2000 * SCALE))
+            sustainable = probe.sender.stats.accepted / (time.monotonic() - started)
+            await probe.settle(SETTLE_TIMEOUT)
+        before = memory(handle)
+        async with Flow(
+            sender,
+            receiver,
+            "c",
+            run="overload",
+            directory=tmp_path,
+            max_in_flight=4 * INFLIGHT_LIMIT,
+        ) as flow:
+            sampler = asyncio.ensure_future(sample())
+            started = time.monotonic()
+            await flow.sender.run(rate_per_s=5 * sustainable, duration_s=OVERLOAD_S * SCALE)
+            offered_s = time.monotonic() - started
+            overloaded = flow.sender.stats
+            ended = time.monotonic()
+            # Recovery: the first second in which every send at half the sustainable
+            # rate is accepted.
+            recovered_s = None
+            for _ in range(30):
+                window = flow.sender.stats.refused.total()
+                await flow.sender.run(rate_per_s=sustainable / 2, duration_s=1.0)
+                if flow.sender.stats.refused.total() == window:
+                    recovered_s = time.monotonic() - ended
+                    break
+            verdict = await flow.settle(SETTLE_TIMEOUT)
+            sampling = False
+            await sampler
+            after = memory(handle)
+    finally:
+        sampling = False
+        await sender.close()
+        await receiver.close()
+    record(
+        "overload-5x",
+        {
+            **flow.figures(verdict),
+            "sustainable_per_s": round(sustainable, 1),
+            "offered_per_s": round(overloaded.attempted / offered_s, 1),
+            "accepted_per_s_overloaded": round(overloaded.accepted / offered_s, 1),
+            "refusals": dict(overloaded.refused),
+            "accept_p99_ms_overloaded": percentile(overloaded.accept_ms, 99),
+            "largest_outbox": largest_outbox,
+            "recovered_s": None if recovered_s is None else round(recovered_s, 3),
+            "rss_growth_mb": {node: round(after[node] - before[node], 1) for node in after},
+            "target": "RESOURCE_EXHAUSTED at the entry, bounded queues, recovered <= 10 s",
+        },
+    )
+    assert verdict.ok, verdict.summary()
+    # The entry node sheds: nearly every refusal is its RESOURCE_EXHAUSTED. The
+    # rest (DEADLINE_EXCEEDED, CANCELLED) are calls whose 5 s deadline passed in
+    # this test's own process, which shares the two cores with the three nodes.
+    exhausted = overloaded.refused.get("RESOURCE_EXHAUSTED", 0)
+    assert exhausted >= 0.9 * overloaded.refused.total(), dict(overloaded.refused)
+    assert recovered_s is not None

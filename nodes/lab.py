@@ -34,8 +34,9 @@ plus ``lab.json`` (:class:`LabState`). Every namespace is recorded in
 the lab's prefix that the file does not list, so a lab is removed completely
 even after a crash half-way through :func:`up`; :func:`down` is idempotent.
 
-:class:`Lab` drives a lab from Python (tests): cut, heal, partition, kill,
-start, status and bounded waits for convergence against networkx.
+:class:`Lab` drives a lab from Python (tests): cut, heal, partition, impair
+(change a link's loss and rate cap at runtime), kill, start, status, the
+kernel's per-link counters and bounded waits for convergence against networkx.
 """
 
 from __future__ import annotations
@@ -405,62 +406,112 @@ def _percent_of_10000(loss: float) -> int:
     return max(0, min(10_000, round(loss * 10_000)))
 
 
-def _apply_impairments(state: LabState) -> None:
-    methods = state.methods
-    loss_rules: dict[str, list[str]] = {}
+def _qdisc_args(state: LabState, link: LabLink) -> list[str]:
+    """The root qdisc both veth ends of ``link`` need for its impairments (``[]``: none).
+
+    With netem one qdisc carries delay, loss and rate; without it only the rate
+    is a qdisc (tbf), loss is an nftables rule and delay the relay.
+    """
+    if state.methods["delay"] == "netem":
+        args = []
+        if link.delay_ms:
+            args += ["delay", f"{link.delay_ms}ms"]
+        if link.loss:
+            args += ["loss", f"{link.loss * 100:.3f}%"]
+        if link.rate_mbit:
+            args += ["rate", f"{link.rate_mbit}mbit"]
+        return ["netem", *args] if args else []
+    if not link.rate_mbit:
+        return []
+    rate_bytes = link.rate_mbit * 1_000_000 / 8
+    burst = max(16_000, int(rate_bytes / 50))
+    return [
+        "tbf",
+        "rate",
+        f"{link.rate_mbit}mbit",
+        "burst",
+        str(burst),
+        "latency",
+        "200ms",
+    ]
+
+
+def _set_qdiscs(state: LabState, link: LabLink, *, fresh: bool) -> None:
+    """Give both ends of ``link`` the qdisc its impairments need (``replace``: also at runtime).
+
+    A fresh veth has no qdisc to remove; otherwise an unneeded one is deleted,
+    and "nothing to delete" is not an error.
+    """
+    args = _qdisc_args(state, link)
+    for node, veth, _ip in link.ends():
+        namespace = state.nodes[node].namespace
+        if args:
+            _run(["tc", "-n", namespace, "qdisc", "replace", "dev", veth, "root", *args])
+        elif not fresh:
+            _run(["tc", "-n", namespace, "qdisc", "del", "dev", veth, "root"], check=False)
+
+
+def _drop_counter(veth: str) -> str:
+    return f"drop_{veth}"
+
+
+def _loss_script(state: LabState, namespace: str) -> str:
+    """An nft script that atomically replaces the lab's table in ``namespace``.
+
+    One rule per lossy link end in the namespace, dropping at the receiving
+    end (so the sender sees an ordinary lost packet), each with a named
+    counter so :meth:`Lab.counters` can tell what the rule dropped. The
+    ``table {}; delete table`` prefix makes the replacement one transaction
+    whether or not the table exists: there is no moment without the rules.
+    """
+    counters: list[str] = []
+    rules: list[str] = []
     for link in state.links:
+        if not link.loss:
+            continue
         for node, veth, _ip in link.ends():
-            namespace = state.nodes[node].namespace
-            if methods["delay"] == "netem":
-                args = []
-                if link.delay_ms:
-                    args += ["delay", f"{link.delay_ms}ms"]
-                if link.loss:
-                    args += ["loss", f"{link.loss * 100:.3f}%"]
-                if link.rate_mbit:
-                    args += ["rate", f"{link.rate_mbit}mbit"]
-                if args:
-                    _run(
-                        ["tc", "-n", namespace, "qdisc", "add", "dev", veth, "root", "netem", *args]
-                    )
+            if state.nodes[node].namespace != namespace:
                 continue
-            if link.rate_mbit:
-                rate_bytes = link.rate_mbit * 1_000_000 / 8
-                burst = max(16_000, int(rate_bytes / 50))
-                _run(
-                    [
-                        "tc",
-                        "-n",
-                        namespace,
-                        "qdisc",
-                        "add",
-                        "dev",
-                        veth,
-                        "root",
-                        "tbf",
-                        "rate",
-                        f"{link.rate_mbit}mbit",
-                        "burst",
-                        str(burst),
-                        "latency",
-                        "200ms",
-                    ]
-                )
-            if link.loss:
-                if methods["loss"] != "nftables":
-                    raise LabError(f"link {link.a}-{link.b} has loss but {methods['loss']}")
-                # Dropped where it arrives, so the sender sees an ordinary lost packet.
-                loss_rules.setdefault(namespace, []).append(
-                    f'iifname "{veth}" numgen random mod 10000 < '
-                    f"{_percent_of_10000(link.loss)} drop"
-                )
-    for namespace, rules in loss_rules.items():
-        body = "\n".join(f"    {rule}" for rule in rules)
-        script = (
-            f"table inet {NFT_TABLE} {{\n  chain input {{\n"
-            f"    type filter hook input priority 0; policy accept;\n{body}\n  }}\n}}\n"
+            if state.methods["loss"] != "nftables":
+                raise LabError(f"link {link.a}-{link.b} has loss but {state.methods['loss']}")
+            name = _drop_counter(veth)
+            counters.append(f"  counter {name} {{}}")
+            rules.append(
+                f'    iifname "{veth}" numgen random mod 10000 < '
+                f'{_percent_of_10000(link.loss)} counter name "{name}" drop'
+            )
+    script = f"table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n"
+    if rules:
+        script += (
+            f"table inet {NFT_TABLE} {{\n" + "\n".join(counters) + "\n  chain input {\n"
+            "    type filter hook input priority 0; policy accept;\n"
+            + "\n".join(rules)
+            + "\n  }\n}\n"
         )
-        _run(_ns(namespace, "nft", "-f", "-"), stdin=script)
+    return script
+
+
+def _set_loss(state: LabState, namespaces: Iterable[str], *, fresh: bool) -> None:
+    """(Re)write the loss rules of ``namespaces`` (nftables method only; netem has its qdisc).
+
+    A fresh namespace with no lossy link gets no table at all.
+    """
+    if state.methods["loss"] == "netem":
+        return
+    for namespace in namespaces:
+        lossy = any(
+            link.loss and namespace in {state.nodes[end].namespace for end in (link.a, link.b)}
+            for link in state.links
+        )
+        if not lossy and (fresh or state.methods["loss"] != "nftables"):
+            continue  # nothing to drop, and no table to clear (or no nft to clear it with)
+        _run(_ns(namespace, "nft", "-f", "-"), stdin=_loss_script(state, namespace))
+
+
+def _apply_impairments(state: LabState) -> None:
+    for link in state.links:
+        _set_qdiscs(state, link, fresh=True)
+    _set_loss(state, [node.namespace for node in state.nodes.values()], fresh=True)
 
 
 def _relay_spec(state: LabState, name: str) -> dict[str, Any]:
@@ -695,6 +746,40 @@ class LinkStatus:
     loss: float
     rate_mbit: float | None
     methods: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkCounters:
+    """Traffic on one link as the kernel counted it (:meth:`Lab.counters`)."""
+
+    a: str
+    b: str
+    bytes_ab: int
+    """Bytes ``a``'s veth end sent towards ``b``."""
+    packets_ab: int
+    dropped_ab: int
+    """Packets from ``a`` to ``b`` the impairments dropped."""
+    bytes_ba: int
+    packets_ba: int
+    dropped_ba: int
+
+    def since(self, earlier: LinkCounters) -> LinkCounters:
+        """The traffic between ``earlier`` and this reading (a dropped count that went
+        down, because the loss rule was replaced, counts from zero)."""
+        return LinkCounters(
+            a=self.a,
+            b=self.b,
+            bytes_ab=self.bytes_ab - earlier.bytes_ab,
+            packets_ab=self.packets_ab - earlier.packets_ab,
+            dropped_ab=_delta(self.dropped_ab, earlier.dropped_ab),
+            bytes_ba=self.bytes_ba - earlier.bytes_ba,
+            packets_ba=self.packets_ba - earlier.packets_ba,
+            dropped_ba=_delta(self.dropped_ba, earlier.dropped_ba),
+        )
+
+
+def _delta(now: int, earlier: int) -> int:
+    return now - earlier if now >= earlier else now
 
 
 class Lab:
@@ -956,6 +1041,94 @@ class Lab:
         self.state.save()
         return cut
 
+    def impair(
+        self, a: str, b: str, *, loss: float | None = None, rate_mbit: float | None = None
+    ) -> LabLink:
+        """Change the loss and/or rate cap of the link between ``a`` and ``b`` while it runs.
+
+        ``None`` leaves an impairment as it is; ``loss=0`` stops the loss and
+        ``rate_mbit=0`` lifts the cap. Both ends change (loss applies to each
+        direction, as at ``up``), with the method ``up`` chose: netem, or an
+        nftables rule (replaced atomically) and a tbf qdisc. The delay is fixed
+        at ``up``: with the relay method it decides which port neighbours dial.
+        Returns the link as it is now (also in ``lab.json``).
+
+        Raises:
+            LabError: no such link, a value out of range, or a command failed.
+        """
+        link = self.state.link(a, b)
+        if loss is not None and not 0 <= loss <= 1:
+            raise LabError(f"loss is a fraction between 0 and 1, got {loss:g}")
+        if rate_mbit is not None and rate_mbit < 0:
+            raise LabError(f"rate_mbit must be positive (0 lifts the cap), got {rate_mbit:g}")
+        before = (link.loss, link.rate_mbit)
+        if loss is not None:
+            link.loss = float(loss)
+        if rate_mbit is not None:
+            link.rate_mbit = float(rate_mbit) or None
+        try:
+            # Applied even when nothing seems to change: another process (`mesh lab
+            # impair`) may have changed the kernel behind this object's back.
+            _set_qdiscs(self.state, link, fresh=False)
+            ends = (self.state.nodes[link.a].namespace, self.state.nodes[link.b].namespace)
+            _set_loss(self.state, ends, fresh=False)
+        except LabError:
+            link.loss, link.rate_mbit = before  # lab.json keeps saying what the kernel does
+            raise
+        self.state.save()
+        return link
+
+    def counters(self, a: str, b: str) -> LinkCounters:
+        """What the kernel counted on the link between ``a`` and ``b``, per direction.
+
+        Bytes and packets are the sending veth end's transmit counters since
+        ``up`` (every IP packet on the link, TCP retransmissions included;
+        with GSO a packet may be up to 64 KiB). ``dropped`` is what the
+        impairments dropped: the sender's qdisc drops (netem loss, a full tbf
+        queue) plus the receiving end's nftables loss rule, which counts from
+        the last time the loss was set.
+        """
+        link = self.state.link(a, b)
+        sent: dict[str, tuple[int, int]] = {}
+        qdisc_drops: dict[str, int] = {}
+        rule_drops: dict[str, int] = {}
+        for node, veth, _ip in link.ends():
+            namespace = self.state.nodes[node].namespace
+            out = _run(["ip", "-n", namespace, "-j", "-s", "link", "show", "dev", veth])
+            try:
+                tx = json.loads(out)[0]["stats64"]["tx"]
+                sent[node] = (int(tx["bytes"]), int(tx["packets"]))
+            except (ValueError, LookupError, TypeError) as exc:
+                raise LabError(f"unreadable counters of {veth} in {namespace}: {exc}") from None
+            out = _run(["tc", "-n", namespace, "-s", "-j", "qdisc", "show", "dev", veth])
+            with contextlib.suppress(ValueError, TypeError):
+                qdisc_drops[node] = sum(
+                    int(q.get("drops", 0)) for q in json.loads(out or "[]") if q.get("root")
+                )
+            rule_drops[node] = 0
+            # Asked even when this object thinks there is no loss: `mesh lab impair`
+            # in another process may have set some; no rule reads as nothing dropped.
+            if self.state.methods.get("loss") == "nftables":
+                counter = _drop_counter(veth)
+                out = _run(
+                    _ns(namespace, "nft", "-j", "list", "counter", "inet", NFT_TABLE, counter),
+                    check=False,
+                )
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    for item in json.loads(out or "{}").get("nftables", []):
+                        if "counter" in item:
+                            rule_drops[node] = int(item["counter"]["packets"])
+        return LinkCounters(
+            a=link.a,
+            b=link.b,
+            bytes_ab=sent[link.a][0],
+            packets_ab=sent[link.a][1],
+            dropped_ab=qdisc_drops.get(link.a, 0) + rule_drops[link.b],
+            bytes_ba=sent[link.b][0],
+            packets_ba=sent[link.b][1],
+            dropped_ba=qdisc_drops.get(link.b, 0) + rule_drops[link.a],
+        )
+
     # --- what the mesh should look like ---
 
     def graph(self) -> nx.Graph:
@@ -1214,6 +1387,7 @@ __all__ = [
     "LabLink",
     "LabNode",
     "LabState",
+    "LinkCounters",
     "LinkStatus",
     "check_environment",
     "default_state_dir",

@@ -4,9 +4,10 @@
 per link with the link's delay, loss and rate, starts every node in its
 namespace and returns once the routes are right (the lab keeps running);
 ``down`` removes everything it made. ``cut``/``heal`` take a link down and up,
-``partition A,B C,D`` cuts every link between the groups, ``kill``/``start``
-crash and restart one node, ``status [--json]`` shows nodes, links and which
-impairment method is in use.
+``partition A,B C,D`` cuts every link between the groups, ``impair A B
+--loss 0.3 --rate-mbit 1`` changes a running link's loss and rate cap,
+``kill``/``start`` crash and restart one node, ``status [--json]`` shows
+nodes, links and which impairment method is in use.
 
 A lab is named with ``--state DIR`` (default for ``up``: ``.mesh/lab-<mesh
 id>``; for the others: the only lab under ``.mesh/``). Every failure prints
@@ -198,6 +199,42 @@ def partition(
         done = _open(state).partition(*sets)
     what = ", ".join(f"{x} - {y}" for x, y in done) or "no link joined the groups"
     console.print(f"cut: {what}", highlight=False)
+
+
+def _impairments(link: lab.LabLink) -> str:
+    parts = [f"loss {link.loss * 100:g} %" if link.loss else "no loss"]
+    parts.append(f"rate {link.rate_mbit:g} Mbit/s" if link.rate_mbit else "no rate cap")
+    if link.delay_ms:
+        parts.append(f"delay {link.delay_ms:g} ms")
+    return ", ".join(parts)
+
+
+@lab_app.command("impair")
+def impair(
+    a: Annotated[str, typer.Argument(help="one end")],
+    b: Annotated[str, typer.Argument(help="the other end")],
+    *,
+    loss: Annotated[
+        float | None,
+        typer.Option("--loss", help="packet loss per direction, 0..1 (0: none)", min=0, max=1),
+    ] = None,
+    rate_mbit: Annotated[
+        float | None,
+        typer.Option("--rate-mbit", help="rate cap in Mbit/s per direction (0: no cap)", min=0),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="no loss and no rate cap")] = False,
+    state: StateOpt = None,
+) -> None:
+    """Change the loss and/or rate cap of the running link between A and B (delay is fixed)."""
+    with _one_line_errors():
+        if clear and (loss is not None or rate_mbit is not None):
+            raise lab.LabError("give either --clear or --loss/--rate-mbit, not both")
+        if clear:
+            loss, rate_mbit = 0.0, 0.0
+        if loss is None and rate_mbit is None:
+            raise lab.LabError("say what to change: --loss, --rate-mbit or --clear")
+        link = _open(state).impair(a, b, loss=loss, rate_mbit=rate_mbit)
+    console.print(f"{link.a} - {link.b}: {_impairments(link)}", highlight=False)
 
 
 @lab_app.command("kill")

@@ -52,6 +52,14 @@ chaos: $(STAMP)
 	MESH_CHAOS_LONG=1 MESH_FUZZ_EXAMPLES=5000 $(BIN)/python -m pytest -q \
 		tests/chaos tests/netns/test_chaos_lab.py tests/integration/test_hostile.py \
 		tests/unit/test_fuzz.py
+	@if $(BIN)/python -c "import atheris" 2>/dev/null; then \
+		for target in frame core-link-state core-distance-vector envelope codec identity \
+				topology node-config scenario; do \
+			corpus=build/chaos/corpus-$$target; mkdir -p $$corpus; \
+			$(BIN)/python tests/fuzz/atheris_targets.py --seeds $$target $$corpus && \
+			$(BIN)/python tests/fuzz/atheris_targets.py $$target -runs=20000 $$corpus || exit 1; \
+		done; \
+	else echo "atheris not installed (.venv/bin/pip install atheris): coverage-guided fuzzing skipped"; fi
 	$(BIN)/python -m nodes.chaos.report
 
 demo: $(STAMP)

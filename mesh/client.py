@@ -259,6 +259,8 @@ class Message:
             return json.loads(self.raw)
         except (UnicodeDecodeError, ValueError) as exc:
             raise DecodeError(f"body is not JSON: {exc}") from exc
+        except RecursionError:  # json recurses per nesting level: 2000 "[" overflow it
+            raise DecodeError("body is JSON nested too deeply to decode") from None
 
     def decode(self, message_class: type[M]) -> M:
         """The body as a ``message_class`` protobuf message.

@@ -494,27 +494,140 @@ def _relative_to(value: Path, base: Path) -> str:
 # --- loading --------------------------------------------------------------------------------
 
 
+MAX_FILE_BYTES = 16 * 1024 * 1024
+"""Largest configuration file read; anything bigger is not a hand-written config."""
+
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of YAML collections accepted (PyYAML composes recursively)."""
+
+MAX_YAML_NODES = 1_000_000
+"""Most values a document may hold once its aliases are expanded (a "billion laughs"
+document is a few lines that expand to more than memory holds)."""
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses duplicate mapping keys.
+    """yaml.SafeLoader that refuses duplicate mapping keys and hostile documents.
 
     Plain ``safe_load`` keeps the last of two equal keys, so a node declared
-    twice under ``nodes`` would silently lose its first definition.
+    twice under ``nodes`` would silently lose its first definition. It also
+    lets a deeply nested document overflow the stack, an alias bomb exhaust
+    memory, and a bad scalar (``2001-13-45``, ``!!int x``) raise a bare
+    ValueError; here each is a YAML error with its position.
     """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"collections nested more than {MAX_YAML_DEPTH} deep",
+                    self.get_mark(),
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _expanded_size(node, {}, set())
+        return node
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            return super().construct_object(node, deep)
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError, LookupError, AttributeError, TypeError) as exc:
+            # PyYAML's scalar constructors fail with bare exceptions on hostile text:
+            # ValueError for `2001-13-45`, `!!int x` or an int of 5000 digits,
+            # KeyError for `!!bool x`, IndexError for `!!int ''`, AttributeError
+            # for `!!timestamp x`.
+            text = str(node.value)
+            shown = repr(text if len(text) <= 40 else f"{text[:37]}...")
+            detail = f" ({exc})" if isinstance(exc, ValueError) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{shown} is not a valid {_tag_name(node)}{detail}", node.start_mark
+            ) from None
+
+
+def _tag_name(node: yaml.Node) -> str:
+    return node.tag.rpartition(":")[2] or "value"
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values ``node`` stands for once aliases are expanded; refuses cycles and bombs.
+
+    An alias is the same node object as its anchor, so memoising by identity
+    counts the expansion without performing it.
+    """
+    key = id(node)
+    known = sizes.get(key)
+    if known is not None:
+        return known
+    if key in open_nodes:
+        raise yaml.composer.ComposerError(
+            None, None, "an alias refers to a collection that contains it", node.start_mark
+        )
+    open_nodes.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes, open_nodes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            size += _expanded_size(key_node, sizes, open_nodes)
+            size += _expanded_size(value_node, sizes, open_nodes)
+    open_nodes.discard(key)
+    if size > MAX_YAML_NODES:
+        raise yaml.composer.ComposerError(
+            None,
+            None,
+            f"aliases expand to more than {MAX_YAML_NODES} values",
+            node.start_mark,
+        )
+    sizes[key] = size
+    return size
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
+    # Duplicates are looked for among the keys written in this mapping, before
+    # `<<: *defaults` merges are flattened in: overriding a merged key is what
+    # merging is for, and the keys written here win, as YAML specifies.
+    if not isinstance(node, yaml.MappingNode):  # `!!map [1]`
+        raise yaml.constructor.ConstructorError(
+            None, None, f"expected a mapping, found a {node.id}", node.start_mark
+        )
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
         key = loader.construct_object(key_node, deep=True)
-        if key in seen:
+        try:
+            hash(key)
+        except TypeError:
             raise yaml.constructor.ConstructorError(
                 "while constructing a mapping",
                 node.start_mark,
-                f"found duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
+                f"found a {type(key).__name__} as a key; keys must be plain values",
+                key_node.start_mark,
+            ) from None
+        if key in seen:
+            first = seen[key].start_mark.line + 1
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {_shown(key)} (first at line {first})",
                 key_node.start_mark,
             )
         seen[key] = key_node
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node, deep=True)
 
 
@@ -526,15 +639,26 @@ _StrictLoader.add_constructor(
 
 def _read_mapping(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError.from_problems(path, [("(file)", "does not exist")]) from None
     except IsADirectoryError:
         raise ConfigError.from_problems(path, [("(file)", "is a directory, not a file")]) from None
-    except UnicodeDecodeError:
-        raise ConfigError.from_problems(path, [("(file)", "is not UTF-8 text")]) from None
     except OSError as exc:
         raise ConfigError.from_problems(path, [("(file)", f"cannot read: {exc.strerror}")]) from exc
+    except ValueError:  # a NUL in the path (a scenario names its topology file)
+        raise ConfigError.from_problems(
+            path, [("(file)", "the path contains a NUL byte")]
+        ) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError.from_problems(
+            path, [("(file)", f"is over {MAX_FILE_BYTES // (1024 * 1024)} MiB")]
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError.from_problems(path, [("(file)", "is not UTF-8 text")]) from None
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: plain data only
     except yaml.MarkedYAMLError as exc:
@@ -554,12 +678,23 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
+def _shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message: bounded, and safe for integers too long to print."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except ValueError:  # such an integer inside a list or mapping
+        return f"a {type(value).__name__} holding a huge integer"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _field_path(loc: Iterable[str | int]) -> str:
     """``('links', 2, 'cost')`` -> ``links[2].cost``; odd keys are quoted."""
     text = ""
     for part in loc:
         if isinstance(part, int):
-            text += f"[{part}]"
+            text += f"[{_shown(part)}]"
         elif part == "[key]":
             continue  # pydantic's marker for a bad mapping key; the message says so
         elif NAME_PATTERN.fullmatch(part):
@@ -604,7 +739,7 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
         else:
             message = item["msg"]
             if item["type"] not in ("model_type", "dict_type", "list_type"):
-                message += f" (got {item['input']!r})"
+                message += f" (got {_shown(item['input'])})"
         problems.append((_field_path(loc), message))
     return problems
 

@@ -131,7 +131,7 @@ class GenerateSpec(_Model):
         "fat-tree",
     ]
     nodes: int = Field(ge=2, le=100_000)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)
     cost_min: Cost = 1
     cost_max: Cost = 1
 
@@ -148,7 +148,7 @@ class ScenarioFile(_Model):
     routing: Literal["link-state", "distance-vector"] | None = None
     duration_s: float = Field(default=10.0, gt=0)
     drain_s: float = Field(default=1.0, ge=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)
     traffic: list[TrafficSpec] = []
     events: list[EventSpec] = []
     link_defaults: LinkDefaultsSpec = Field(default_factory=LinkDefaultsSpec)

@@ -81,6 +81,8 @@ from mesh.subjects import check_subject, matches, parse_offer
 from mesh.v1 import envelope_pb2, peer_pb2
 
 PROTOCOL_VERSION = 1
+_GAP_HALF_LIFE_S = 30.0
+"""How fast a link's remembered worst gap between frames fades (see ``dead_stretch``)."""
 _MAX_RTO_DOUBLINGS = 6
 """A recipient's RTO backs off at most 64x (still capped by ``retry_max_s``)."""
 
@@ -149,6 +151,10 @@ class CoreConfig:
     """Seconds between heartbeats on an idle link."""
     dead_interval: float = 0.8
     """A neighbour silent this long is declared dead (well under 1 s by default)."""
+    dead_stretch: float = 4.0
+    """At most this multiple of ``dead_interval`` is allowed on a link whose frames
+    have lately arrived with long gaps (TCP retransmitting under packet loss):
+    1.5 x the longest recent gap, decaying with a 30 s half-life. 1 disables it."""
     cost_policy: CostPolicy = field(default_factory=CostPolicy)
     """Static or RTT-derived link costs."""
     limits: Limits = DEFAULT_LIMITS
@@ -168,6 +174,8 @@ class CoreConfig:
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_interval < self.dead_interval:
             raise InvalidArgument("need 0 < heartbeat_interval < dead_interval")
+        if self.dead_stretch < 1:
+            raise InvalidArgument("dead_stretch must be at least 1")
         if self.engine not in ENGINE_NAMES:
             raise InvalidArgument(f"unknown routing engine {self.engine}")
 
@@ -235,6 +243,10 @@ class _Neighbour:
     opened_at: float
     last_heard: float
     next_heartbeat: float
+    silence_allowed: float
+    """Seconds without a frame before the link is declared dead (see ``dead_stretch``)."""
+    longest_gap: float = 0.0
+    """The longest recent gap between frames, decayed (30 s half-life)."""
     heartbeat_seq: int = 0
     sent_heartbeats: dict[int, float] = field(default_factory=dict)
     last_peer_seq: int = 0
@@ -290,6 +302,9 @@ class NodeCore:
         self._timer_seq = itertools.count()
         self._replies: OrderedDict[bytes, Envelope] = OrderedDict()
         self._rtt: dict[str, tuple[float, float]] = {}
+        self._gaps: dict[str, tuple[float, float]] = {}
+        """Peer -> (longest recent gap between its frames, when measured), kept
+        across incarnations of the link."""
         self._rto_backoff: dict[str, tuple[int, float]] = {}
         """Recipient -> (doublings of its RTO kept since the last valid sample, when
         last doubled): Karn's backoff, which outlives the message that timed out."""
@@ -379,6 +394,10 @@ class NodeCore:
                 if existing.phase is LinkPhase.UP:
                     actions += self._routing_out(self.engine.link_up(peer, cost, now))
             return self._finish(actions, now)
+        # A new incarnation of a link that just died of a stall starts from what
+        # the last one learnt, or it would die of the next stall the same way.
+        longest_gap, at = self._gaps.get(peer, (0.0, now))
+        longest_gap *= 0.5 ** (max(0.0, now - at) / _GAP_HALF_LIFE_S)
         self._neighbours[peer] = _Neighbour(
             peer=peer,
             phase=LinkPhase.AWAITING_HELLO,
@@ -386,6 +405,8 @@ class NodeCore:
             opened_at=now,
             last_heard=now,
             next_heartbeat=now + self.config.heartbeat_interval,
+            silence_allowed=self._silence_allowed(longest_gap),
+            longest_gap=longest_gap,
         )
         actions.append(self._send(peer, self.hello(now, cost)))
         return self._finish(actions, now)
@@ -409,6 +430,27 @@ class NodeCore:
         if neighbour is not None:
             neighbour.last_heard = max(neighbour.last_heard, now)
 
+    def _heard(self, neighbour: _Neighbour, now: float) -> None:
+        """A frame arrived: learn how bursty this link is, as a phi-accrual detector
+        would. On a clean link frames come every heartbeat or sooner and the bound
+        stays ``dead_interval``; on a lossy one TCP delivers in stalls, and a link
+        declared dead on every stall loses whatever was in flight on it."""
+        gap = now - neighbour.last_heard
+        neighbour.last_heard = now
+        if gap <= 0:
+            return
+        decayed = neighbour.longest_gap * 0.5 ** (gap / _GAP_HALF_LIFE_S)
+        neighbour.longest_gap = max(gap, decayed)
+        neighbour.silence_allowed = self._silence_allowed(neighbour.longest_gap)
+        self._gaps[neighbour.peer] = (neighbour.longest_gap, now)
+
+    def _silence_allowed(self, longest_gap: float) -> float:
+        config = self.config
+        return min(
+            max(config.dead_interval, 1.5 * longest_gap),
+            config.dead_interval * config.dead_stretch,
+        )
+
     def frame_received(self, peer: str, frame: peer_pb2.Frame, now: float) -> list[Action]:
         """Take one frame from neighbour ``peer``.
 
@@ -419,7 +461,7 @@ class NodeCore:
         if neighbour is None:
             self.stats["frames_without_link"] += 1
             return self._finish([], now)
-        neighbour.last_heard = now
+        self._heard(neighbour, now)
         neighbour.frames_received += 1
         which = frame.WhichOneof("body")
         kind = _FRAME_KINDS.get(which or "")
@@ -687,8 +729,12 @@ class NodeCore:
         actions: list[Action] = []
         for neighbour in list(self._neighbours.values()):
             # Compare with the same sum next_wake() reports, or float rounding spins.
-            if now >= neighbour.last_heard + self.config.dead_interval:
+            if now >= neighbour.last_heard + neighbour.silence_allowed:
                 self.stats["links_dead"] += 1
+                # The stall that killed it was never measured as a gap: remember it,
+                # so a link that only stalled comes back tolerating one that long.
+                silence = now - neighbour.last_heard
+                self._gaps[neighbour.peer] = (max(neighbour.longest_gap, silence), now)
                 error = LinkRefused(
                     f"no frame from {neighbour.peer!r} for "
                     f"{now - neighbour.last_heard:.3f} s; declared dead"
@@ -705,7 +751,7 @@ class NodeCore:
     def next_wake(self) -> float | None:
         """The earliest time ``tick`` has work to do."""
         times = [n.next_heartbeat for n in self._neighbours.values()]
-        times += [n.last_heard + self.config.dead_interval for n in self._neighbours.values()]
+        times += [n.last_heard + n.silence_allowed for n in self._neighbours.values()]
         engine_wake = self.engine.next_wake()
         if engine_wake is not None:
             times.append(engine_wake)

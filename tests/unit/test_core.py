@@ -232,6 +232,42 @@ def test_a_silent_link_is_declared_dead_within_a_second_and_routes_move(engine: 
     assert forwarding_path(net.tables(), "a", "b") == ["a", "d", "c", "b"]
 
 
+def _linked_pair(now: float) -> NodeCore:
+    ours = NodeCore(identity("a"), config(), random_bytes=random.Random(1).randbytes)
+    peer = NodeCore(identity("b"), config(), random_bytes=random.Random(2).randbytes)
+    ours.link_up("b", 1, now)
+    ours.frame_received("b", peer.hello(now), now)
+    return ours
+
+
+def _dead(core: NodeCore, now: float) -> bool:
+    return any(isinstance(a, CloseLink) for a in core.tick(now))
+
+
+def test_a_link_that_stalls_is_given_longer_before_it_is_declared_dead() -> None:
+    heartbeat = peer_pb2.Frame(heartbeat=peer_pb2.Heartbeat(sequence=1))
+    clean = _linked_pair(100.0)
+    for t in (100.2, 100.4, 100.6):
+        clean.frame_received("b", heartbeat, t)
+    assert not _dead(clean, 101.39)
+    assert _dead(clean, 101.41)  # 0.8 s of silence on a link that never stalled
+
+    lossy = _linked_pair(100.0)
+    for t in (100.2, 100.9, 101.6):  # TCP delivering in 0.7 s stalls
+        lossy.frame_received("b", heartbeat, t)
+    assert not _dead(lossy, 102.6)  # 1.0 s: tolerated (1.5 x the 0.7 s gap)
+    assert _dead(lossy, 102.66)
+    assert lossy.peers() == []
+
+    # The next incarnation of the link starts from what the last one learnt,
+    # including the 1.06 s stall that killed it (never measured as a gap).
+    lossy.link_up("b", 1, 103.0)
+    peer = NodeCore(identity("b"), config(), random_bytes=random.Random(3).randbytes)
+    lossy.frame_received("b", peer.hello(103.0), 103.0)
+    assert not _dead(lossy, 104.5)
+    assert _dead(lossy, 104.7)
+
+
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_partition_and_heal(engine: str) -> None:
     graph = nx.barbell_graph(4, 0)  # two cliques joined by the edge 3-4

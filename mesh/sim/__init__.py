@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mesh.sim.fast import FastCoreNetwork, resolve_fidelity
 from mesh.sim.network import CoreNetwork, NetworkStats, TrustedNodeCore
 from mesh.sim.scenario import Event, LinkDefaults, Scenario, Traffic
 from mesh.sim.simulation import Result, Simulation, simulate
@@ -12,6 +13,7 @@ __all__ = [
     "KINDS",
     "CoreNetwork",
     "Event",
+    "FastCoreNetwork",
     "GroundTruth",
     "LinkDefaults",
     "NetworkStats",
@@ -24,5 +26,6 @@ __all__ = [
     "expected_tables",
     "forwarding_path",
     "generate",
+    "resolve_fidelity",
     "simulate",
 ]

@@ -211,10 +211,7 @@ class CoreNetwork:
             self._add_core(node)
         self.preload_keys = preload_keys or trusted
         if self.preload_keys:  # skip identity flooding: large simulations that trust every node
-            for node, core in self.cores.items():
-                for other in self.cores:
-                    if other != node:
-                        core.keyring.add_peer(self._identities[other].public)
+            self._preload_identities()
         for a, b in self.graph.edges:
             self._open_link(a, b)
 
@@ -225,12 +222,30 @@ class CoreNetwork:
         if identity is None:
             identity = seeded_identity(node, self.seed)
             self._identities[node] = identity
-        kind = TrustedNodeCore if self.trusted else NodeCore
-        self.cores[node] = kind(identity, self.config, random_bytes=self.random.randbytes)
+        self.cores[node] = self._make_core(identity)
         for store in (self.delivered, self.acked, self.replied, self.failed):
             store.setdefault(node, [])
         self.outbox.setdefault(node, {})
         self.seen.setdefault(node, {})
+
+    def _make_core(self, identity: NodeIdentity) -> NodeCore:
+        """The core a node runs (overridden by the fast-fidelity network)."""
+        kind = TrustedNodeCore if self.trusted else NodeCore
+        return kind(identity, self.config, random_bytes=self.random.randbytes)
+
+    def _preload_identities(self) -> None:
+        """Give every core every other node's public identity (no identity flooding)."""
+        for node, core in self.cores.items():
+            for other in self.cores:
+                if other != node:
+                    core.keyring.add_peer(self._identities[other].public)
+
+    def _share_identity(self, node: str) -> None:
+        """A (re)started ``node`` and every running core learn each other's identity."""
+        for other, core in self.cores.items():
+            if other != node:
+                core.keyring.add_peer(self._identities[node].public)
+                self.cores[node].keyring.add_peer(self._identities[other].public)
 
     def identity(self, node: str) -> NodeIdentity:
         """The identity ``node`` runs (and keeps across restarts)."""
@@ -334,10 +349,7 @@ class CoreNetwork:
         self.graph.add_node(node)
         self._add_core(node)
         if self.preload_keys:
-            for other, core in self.cores.items():
-                if other != node:
-                    core.keyring.add_peer(self._identities[node].public)
-                    self.cores[node].keyring.add_peer(self._identities[other].public)
+            self._share_identity(node)
         core = self.cores[node]
         core.remember_seen(self.seen[node].items(), self.now)
         entries = [(p.message_id, p.envelope, p.deadline_ms) for p in self.outbox[node].values()]

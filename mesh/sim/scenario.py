@@ -14,6 +14,7 @@ import networkx as nx
 TrafficKind = Literal["constant", "poisson", "burst"]
 Mode = Literal["async", "acknowledged", "request"]
 EngineName = Literal["link-state", "distance-vector"]
+FidelityName = Literal["full", "fast", "auto"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +109,18 @@ class Scenario:
     """After ``duration_s`` no traffic starts; the run goes on this long so messages land."""
     convergence_resolution_ms: float = 10.0
     """How often tables are compared with the ground truth while they differ."""
+    fidelity: FidelityName = "auto"
+    """``full``: every advert is a real frame through every core. ``fast``: flooding is
+    computed (link-state only; see docs/simulation.md). ``auto``: fast above 400 nodes."""
 
 
-__all__ = ["EngineName", "Event", "LinkDefaults", "Mode", "Scenario", "Traffic", "TrafficKind"]
+__all__ = [
+    "EngineName",
+    "Event",
+    "FidelityName",
+    "LinkDefaults",
+    "Mode",
+    "Scenario",
+    "Traffic",
+    "TrafficKind",
+]

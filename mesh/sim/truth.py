@@ -8,7 +8,7 @@ what equal-cost multipath must keep.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import networkx as nx
 import numpy as np
@@ -93,6 +93,18 @@ def forwarding_path(
     return path
 
 
+class Truth(Protocol):
+    """What the simulator checks tables against and measures stretch with."""
+
+    def distance(self, source: str, destination: str) -> int | None:
+        """Shortest path cost, or None when there is no path (or a node is absent)."""
+        ...
+
+    def table(self, node: str) -> RoutingTable:
+        """The table ``node`` must hold."""
+        ...
+
+
 class GroundTruth:
     """Shortest paths of one graph, computed once in arrays (scipy) and read often.
 
@@ -163,4 +175,11 @@ class GroundTruth:
         return table
 
 
-__all__ = ["GroundTruth", "expected_table", "expected_tables", "forwarding_path", "normalise"]
+__all__ = [
+    "GroundTruth",
+    "Truth",
+    "expected_table",
+    "expected_tables",
+    "forwarding_path",
+    "normalise",
+]

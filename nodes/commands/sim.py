@@ -13,7 +13,7 @@ import inspect
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, cast, get_type_hints
 
 import networkx as nx
 import typer
@@ -23,9 +23,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mesh.errors import MeshError
+from mesh.errors import InvalidArgument, MeshError
 from mesh.sim import KINDS, Event, LinkDefaults, Result, Scenario, Traffic, generate, simulate
 from mesh.sim import plots as sim_plots
+from mesh.sim.scenario import FidelityName
 from nodes.config import (
     ConfigError,
     Cost,
@@ -154,6 +155,9 @@ class ScenarioFile(_Model):
     link_defaults: LinkDefaultsSpec = Field(default_factory=LinkDefaultsSpec)
     trusted: bool = False
     convergence_resolution_ms: float = Field(default=10.0, gt=0)
+    fidelity: Literal["full", "fast", "auto"] = "auto"
+    """``fast`` computes link-state flooding instead of replaying it (docs/simulation.md);
+    ``auto`` uses it for link-state meshes above 400 nodes."""
 
     @model_validator(mode="after")
     def _one_topology(self) -> ScenarioFile:
@@ -226,6 +230,7 @@ def load_scenario(path: Path) -> Scenario:
         links=LinkDefaults(**spec.link_defaults.model_dump()),
         trusted=spec.trusted,
         convergence_resolution_ms=spec.convergence_resolution_ms,
+        fidelity=spec.fidelity,
     )
 
 
@@ -385,16 +390,24 @@ def simulate_command(
         Path | None, typer.Option("--plots", help="write PNG charts into this folder")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="override the scenario's seed")] = None,
+    fidelity: Annotated[
+        str | None,
+        typer.Option("--fidelity", help="full, fast or auto (overrides the file)"),
+    ] = None,
 ) -> None:
     """Run a scenario through real node cores on a virtual clock."""
     if engine is not None and engine not in ("link-state", "distance-vector"):
         raise _fail(f"--engine must be link-state or distance-vector, not {engine!r}")
+    if fidelity is not None and fidelity not in ("full", "fast", "auto"):
+        raise _fail(f"--fidelity must be full, fast or auto, not {fidelity!r}")
     try:
         loaded = load_scenario(scenario)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     if seed is not None:
         loaded = replace(loaded, seed=seed)
+    if fidelity is not None:
+        loaded = replace(loaded, fidelity=cast("FidelityName", fidelity))
     engines = ["link-state", "distance-vector"] if compare else [engine or loaded.routing]
     results: dict[str, Result] = {}
     with Progress(
@@ -411,7 +424,10 @@ def simulate_command(
             def advance(done: float, total: float, task: TaskID = task) -> None:
                 bar.update(task, completed=min(done, total))
 
-            results[name] = simulate(loaded, engine=name, progress=advance)
+            try:
+                results[name] = simulate(loaded, engine=name, progress=advance)
+            except InvalidArgument as exc:  # e.g. fast fidelity with distance-vector
+                raise _fail(str(exc)) from None
     console.print(_summary(results))
     if json_path is not None:
         json_path.write_text(report_json(results), encoding="utf-8")

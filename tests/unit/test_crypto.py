@@ -166,3 +166,16 @@ def test_opening_key_cache_is_bounded() -> None:
     for n in range(5):
         ring.opening_aead("a", bytes([n]) * 16, Cipher.AES_256_GCM)
     assert len(ring._opening) == 2
+
+
+def test_rings_can_share_one_directory_of_peers() -> None:
+    # The simulator's 10,000 rings share one map instead of holding 10,000 copies.
+    directory = {"b": identity("b").public}
+    a, c = keyring("a", known=()), keyring("c", known=())
+    a.share_directory(directory)
+    c.share_directory(directory)
+    assert set(directory) == {"a", "b", "c"}
+    assert a.peer("c") == identity("c").public  # learnt through the shared map
+    a.sealing_session("b", Cipher.AES_256_GCM)
+    c.add_peer(identity("d").public)
+    assert a.peer("d") == identity("d").public

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
+from typer.testing import CliRunner
 
 from mesh.sim import KINDS, Event, Scenario, Traffic, generate, simulate
 from mesh.sim.simulation import Simulation
+from nodes.cli import app
 from nodes.commands.sim import load_scenario, report_json, topology_yaml
 from nodes.config import ConfigError, load_topology
 
@@ -228,3 +230,31 @@ def test_a_relative_topology_path_is_relative_to_the_scenario_file(tmp_path: Pat
     assert sorted(scenario.graph.nodes) == ["a", "b"]
     report = json.loads(report_json({"x": simulate(scenario)}))
     assert report["convergence"][0]["converged_after_s"] is not None
+
+
+def test_the_fidelity_is_chosen_in_the_file_and_a_bad_one_refused(tmp_path: Path) -> None:
+    base = "nodes: {a: {}, b: {}}\nlinks: [{a: a, b: b}]\nduration_s: 1\n"
+    (tmp_path / "fast.yaml").write_text(base + "fidelity: fast\n", encoding="utf-8")
+    assert load_scenario(tmp_path / "fast.yaml").fidelity == "fast"
+    (tmp_path / "bad.yaml").write_text(base + "fidelity: quick\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="fidelity"):
+        load_scenario(tmp_path / "bad.yaml")
+
+
+def test_mesh_simulate_runs_a_scenario_with_the_fidelity_asked_for(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(
+        "nodes: {a: {}, b: {}, c: {}}\nlinks: [{a: a, b: b}, {a: b, b: c}]\nduration_s: 1\n"
+        "traffic: [{kind: constant, rate_per_s: 10, from: [a], to: [c]}]\n",
+        encoding="utf-8",
+    )
+    report = tmp_path / "r.json"
+    args = ["simulate", str(scenario), "--fidelity", "fast", "--json", str(report)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["fidelity"] == "fast"
+    refused = CliRunner().invoke(
+        app, [*args[:2], "--engine", "distance-vector", "--fidelity", "fast"]
+    )
+    assert refused.exit_code != 0
+    assert "link-state" in refused.output

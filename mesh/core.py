@@ -81,6 +81,8 @@ from mesh.subjects import check_subject, matches, parse_offer
 from mesh.v1 import envelope_pb2, peer_pb2
 
 PROTOCOL_VERSION = 1
+_STALL_REDIAL_S = 2.0
+"""A link back within this long of being declared dead had stalled, not died."""
 _GAP_HALF_LIFE_S = 30.0
 """How fast a link's remembered worst gap between frames fades (see ``dead_stretch``)."""
 _MAX_RTO_DOUBLINGS = 6
@@ -100,7 +102,8 @@ class DeliveryConfig:
     """Deadline of acknowledged messages and requests that set none."""
     retry_initial_s: float = 0.2
     """Least retransmission timeout; the RTO follows acked round trips
-    (srtt + 4 rttvar) and doubles per attempt (+-25% jitter)."""
+    (srtt + max(4 rttvar, this)), doubles per timeout (Karn) and gets up to
+    25% jitter added."""
     retry_max_s: float = 5.0
     retransmit_rate: float = 2000.0
     """Retransmits per second per recipient, at most (a token bucket)."""
@@ -302,9 +305,13 @@ class NodeCore:
         self._timer_seq = itertools.count()
         self._replies: OrderedDict[bytes, Envelope] = OrderedDict()
         self._rtt: dict[str, tuple[float, float]] = {}
-        self._gaps: dict[str, tuple[float, float]] = {}
-        """Peer -> (longest recent gap between its frames, when measured), kept
-        across incarnations of the link."""
+        self.applications_full = False
+        """Set by the driver while this node's applications cannot take more messages
+        (their queues are full): acknowledged messages to them are then refused, not
+        acked, so their sources retry later instead of the node dropping them."""
+        self._gaps: dict[str, tuple[float, float, float]] = {}
+        """Peer -> (longest recent gap between its frames, the silence that last
+        declared the link dead (0: none), when), kept across incarnations."""
         self._rto_backoff: dict[str, tuple[int, float]] = {}
         """Recipient -> (doublings of its RTO kept since the last valid sample, when
         last doubled): Karn's backoff, which outlives the message that timed out."""
@@ -394,9 +401,14 @@ class NodeCore:
                 if existing.phase is LinkPhase.UP:
                     actions += self._routing_out(self.engine.link_up(peer, cost, now))
             return self._finish(actions, now)
-        # A new incarnation of a link that just died of a stall starts from what
-        # the last one learnt, or it would die of the next stall the same way.
-        longest_gap, at = self._gaps.get(peer, (0.0, now))
+        # A new incarnation of a link starts from what the last one learnt, or it
+        # would die of the next stall the same way. The silence that killed it
+        # counts only if the link is back at once (it stalled, the peer lived);
+        # a peer that was frozen or crashed for longer must not teach the link
+        # to notice its next death more slowly.
+        longest_gap, death_silence, at = self._gaps.get(peer, (0.0, 0.0, now))
+        if now - at <= _STALL_REDIAL_S:
+            longest_gap = max(longest_gap, death_silence)
         longest_gap *= 0.5 ** (max(0.0, now - at) / _GAP_HALF_LIFE_S)
         self._neighbours[peer] = _Neighbour(
             peer=peer,
@@ -442,7 +454,7 @@ class NodeCore:
         decayed = neighbour.longest_gap * 0.5 ** (gap / _GAP_HALF_LIFE_S)
         neighbour.longest_gap = max(gap, decayed)
         neighbour.silence_allowed = self._silence_allowed(neighbour.longest_gap)
-        self._gaps[neighbour.peer] = (neighbour.longest_gap, now)
+        self._gaps[neighbour.peer] = (neighbour.longest_gap, 0.0, now)
 
     def _silence_allowed(self, longest_gap: float) -> float:
         config = self.config
@@ -734,7 +746,7 @@ class NodeCore:
                 # The stall that killed it was never measured as a gap: remember it,
                 # so a link that only stalled comes back tolerating one that long.
                 silence = now - neighbour.last_heard
-                self._gaps[neighbour.peer] = (max(neighbour.longest_gap, silence), now)
+                self._gaps[neighbour.peer] = (neighbour.longest_gap, silence, now)
                 error = LinkRefused(
                     f"no frame from {neighbour.peer!r} for "
                     f"{now - neighbour.last_heard:.3f} s; declared dead"
@@ -978,10 +990,20 @@ class NodeCore:
             return self._on_end_to_end_ack(header, now)
         if kind == envelope_pb2.ENVELOPE_KIND_REPLY:
             return self._on_reply(opened, now)
-        needs_dedupe = (
-            header.mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED
-            or kind == envelope_pb2.ENVELOPE_KIND_REQUEST
-        )
+        acknowledged = header.mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED
+        if (
+            self.applications_full
+            and acknowledged
+            and kind == envelope_pb2.ENVELOPE_KIND_DATA
+            and header.message_id not in self.dedupe  # a duplicate is only acked again
+        ):
+            # Acking it would promise what a full queue cannot keep. Not acked (and
+            # counted, neither logged nor nacked: it is back-pressure, not an
+            # error), the source retries after its backed-off RTO, by when the
+            # applications have caught up.
+            self.stats["deliveries_refused_busy"] += 1
+            return []
+        needs_dedupe = acknowledged or kind == envelope_pb2.ENVELOPE_KIND_REQUEST
         actions: list[Action] = []
         if needs_dedupe:
             try:
@@ -1254,24 +1276,28 @@ class NodeCore:
         )
 
     def _backoff(self, attempt: int, recipient: str = "") -> float:
-        """Retry delay after ``attempt`` tries: the recipient's RTO doubled per
-        attempt, capped, plus up to 25% jitter (never less than the RTO: firing
-        early is a spurious retransmit by construction)."""
+        """Retry delay after ``attempt`` tries: the recipient's measured RTO doubled
+        per attempt of this message, or its backed-off RTO if that is longer (the
+        two count the same timeouts: taking their product would quadruple), capped,
+        plus up to 25% jitter (never less: firing early is a spurious retransmit)."""
         delivery = self.config.delivery
-        base = min(delivery.retry_max_s, self._rto(recipient) * 2.0 ** min(attempt, 30))
+        own = self._measured_rto(recipient) * 2.0 ** min(attempt, 30)
+        base = min(delivery.retry_max_s, max(own, self._rto(recipient)))
         return base * (1.0 + 0.25 * self._rng.random())
 
-    def _rto(self, recipient: str) -> float:
-        """Retransmission timeout to ``recipient``, RFC 6298 style, from acked round trips,
-        doubled once per timeout until a fresh sample arrives (RFC 6298 5.5, Karn)."""
-        delivery = self.config.delivery
-        floor = delivery.retry_initial_s
+    def _measured_rto(self, recipient: str) -> float:
+        """RFC 6298's RTO from acked round trips, in Linux's form: the variance term is
+        at least the floor, so a steady path (rttvar ~ 0) does not get an RTO equal to
+        its RTT, which any jitter exceeds."""
+        floor = self.config.delivery.retry_initial_s
         estimate = self._rtt.get(recipient)
-        # Linux's form: the variance term is at least the floor, so a steady path
-        # (rttvar ~ 0) does not get an RTO equal to its RTT, which any jitter exceeds.
-        rto = floor if estimate is None else estimate[0] + max(4 * estimate[1], floor)
+        return floor if estimate is None else estimate[0] + max(4 * estimate[1], floor)
+
+    def _rto(self, recipient: str) -> float:
+        """The measured RTO doubled once per timeout until a fresh sample arrives
+        (RFC 6298 5.5, Karn), capped at ``retry_max_s``."""
         doublings, _ = self._rto_backoff.get(recipient, (0, 0.0))
-        return min(delivery.retry_max_s, rto * 2.0**doublings)
+        return min(self.config.delivery.retry_max_s, self._measured_rto(recipient) * 2.0**doublings)
 
     def _timed_out(self, recipient: str, now: float) -> None:
         """A retransmission timer to ``recipient`` fired: back its RTO off.

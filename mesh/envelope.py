@@ -422,9 +422,13 @@ class Opener:
 
     def _check_time(self, header: EnvelopeHeader, now_ms: int) -> None:
         skew = self.limits.max_clock_skew_ms
-        if header.deadline_ms and header.deadline_ms < now_ms:
+        # The deadline is on the source's clock, which may differ from ours by up
+        # to the skew bound: only a message later than that is surely too late
+        # (the source gives up by its own clock either way).
+        if header.deadline_ms and header.deadline_ms + skew < now_ms:
             raise Expired(
-                f"{describe(header)}: deadline passed {now_ms - header.deadline_ms} ms ago"
+                f"{describe(header)}: deadline passed {now_ms - header.deadline_ms} ms ago "
+                f"(more than the {skew} ms clocks may differ)"
             )
         if header.created_ms > now_ms + skew:
             raise ClockSkew(

@@ -88,10 +88,14 @@ def echo_handler(instance: str) -> Callable[[OpenedMessage], EncodedBody]:
 class LocalApps:
     """Attachments, local fan-out and waiting callers of one node."""
 
-    def __init__(self, node_id: str, reply: ReplyFn, *, inbox_max: int = 10_000) -> None:
+    def __init__(
+        self, node_id: str, reply: ReplyFn, *, inbox_max: int = 10_000, headroom: int = 1024
+    ) -> None:
         self.node_id = node_id
         self._reply = reply
         self.inbox_max = inbox_max
+        self.headroom = min(headroom, inbox_max // 2)
+        """Room kept free in every queue: one frame can deliver a whole batch at once."""
         self.receivers: set[asyncio.Queue[OpenedMessage]] = set()
         self.inbox: OrderedDict[bytes, OpenedMessage] = OrderedDict()
         self.instances: dict[str, list[Instance]] = {}
@@ -144,6 +148,31 @@ class LocalApps:
             self._to_subscribers(message)
         else:
             self._to_receivers(message)
+
+    def saturated(self) -> bool:
+        """Whether the applications are too far behind to be promised more messages:
+        a receiver's or subscriber's queue (or the inbox, with nobody attached) is
+        within ``headroom`` of full. The core then leaves acknowledged messages
+        unacked, for their sources to retry, instead of this node dropping them."""
+        limit = self.inbox_max - self.headroom
+        if not self.receivers and len(self.inbox) >= limit:
+            return True
+        return any(queue.qsize() >= limit for queue in self.receivers) or any(
+            sub.queue.qsize() >= limit for sub in self.subscriptions
+        )
+
+    def detach_receiver(self, queue: asyncio.Queue[OpenedMessage]) -> None:
+        """A Receive stream ended: what it had not yet written goes back to the inbox
+        (first in line) when no other receiver got its own copy."""
+        self.receivers.discard(queue)
+        if self.receivers:
+            return
+        left: list[OpenedMessage] = []
+        while not queue.empty():
+            left.append(queue.get_nowait())
+        for message in reversed(left):
+            self.inbox[message.header.message_id] = message
+            self.inbox.move_to_end(message.header.message_id, last=False)
 
     def _to_receivers(self, message: OpenedMessage) -> None:
         if not self.receivers:

@@ -219,9 +219,11 @@ class NodeSettings(_Model):
     keepalive_max_ping_strikes: int = Field(default=2, ge=1)
     """Pings too early tolerated before the node ends the connection with GOAWAY
     (ENHANCE_YOUR_CALM, ``too_many_pings``); at least 1, as 0 would mean unlimited."""
-    max_queue_delay_ms: int = Field(default=500, ge=1)
+    max_queue_delay_ms: int = Field(default=1000, ge=1)
     """A client send that waited longer than this (in gRPC's queue, in front of a
-    saturated node) is refused with RESOURCE_EXHAUSTED when the node gets to it."""
+    saturated node) is refused with RESOURCE_EXHAUSTED when the node gets to it.
+    Measured from the caller's whole timeout, so a caller that itself stalled
+    before sending counts too: keep it well above such stalls."""
 
     @model_validator(mode="after")
     def _timers_are_consistent(self) -> NodeSettings:

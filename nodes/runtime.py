@@ -121,7 +121,9 @@ class NodeRuntime:
         }
         self.costs: dict[str, int] = {n.node: n.cost for n in options.neighbours}
         self.store = store
-        self.apps = LocalApps(self.node_id, self._reply, inbox_max=options.inbox_max)
+        self.apps = LocalApps(
+            self.node_id, self._reply, inbox_max=options.inbox_max, headroom=core_config.max_batch
+        )
         self.counters: dict[str, int] = {}
         self.instance_seq = 0
         self.disabled: set[str] = set()
@@ -445,6 +447,7 @@ class NodeRuntime:
                 log.warning("refused input: %s", exc, extra={"fields": {"peer": peer}})
                 link.close(exc.status, str(exc))
                 return
+            self.core.applications_full = self.apps.saturated()
             await self.apply_with_backpressure(
                 peer, self.core.frame_received(peer, frame, self.clock())
             )

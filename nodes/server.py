@@ -88,7 +88,7 @@ class ServerLimits:
     """Pings closer together than this earn the connection a strike."""
     keepalive_max_ping_strikes: int = 2
     """Strikes before GOAWAY (ENHANCE_YOUR_CALM, too_many_pings)."""
-    max_queue_delay_ms: int = 500
+    max_queue_delay_ms: int = 1000
     """A client send that waited longer than this before the node got to it is refused
     (``Busy``): the queue in front of a saturated node stays this short."""
 
@@ -708,7 +708,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             while True:
                 yield _delivery(await queue.get())
         finally:
-            runtime.apps.receivers.discard(queue)
+            runtime.apps.detach_receiver(queue)
 
     async def ReceiveBatches(
         self, request: client_pb2.ReceiveRequest, context: grpc.aio.ServicerContext
@@ -728,7 +728,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
                     batch.append(_delivery(queue.get_nowait()))
                 yield client_pb2.DeliveryBatch(deliveries=batch)
         finally:
-            runtime.apps.receivers.discard(queue)
+            runtime.apps.detach_receiver(queue)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):

@@ -48,6 +48,17 @@ class SendStats:
     """Sends :meth:`AckedSender.run` skipped because ``max_in_flight`` were outstanding
     (never attempted, so never in a ledger)."""
 
+    def snapshot(self) -> SendStats:
+        """A copy that later sends do not change."""
+        return SendStats(
+            attempted=self.attempted,
+            accepted=self.accepted,
+            refused=Counter(self.refused),
+            accept_ms=list(self.accept_ms),
+            first_refusal=dict(self.first_refusal),
+            shed=self.shed,
+        )
+
 
 class AckedSender:
     """Acknowledged messages of ``size`` bytes from one SDK client to one target.
@@ -165,9 +176,12 @@ class AckedSender:
         if self._tasks:
             await asyncio.gather(*list(self._tasks))
 
-    def cancel(self) -> None:
-        for task in self._tasks:
+    async def cancel(self) -> None:
+        """Cancel the outstanding sends and wait until they are gone."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Receiver:
@@ -252,7 +266,7 @@ class Flow:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.sender.cancel()
+        await self.sender.cancel()
         await self.receiver.stop()
         self.sent.close()
         self.received.close()

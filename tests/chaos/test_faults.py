@@ -216,18 +216,24 @@ async def test_a_node_30_s_off_works_and_300_s_off_is_refused(
     diamond: MeshHandle, clients: Callable[[str], Client], tmp_path: Path
 ) -> None:
     try:
-        # p, the forwarder on the path, runs 30 s ahead: traffic flows through it.
+        # p, the forwarder on the path, and d, the destination, run 30 s ahead of s:
+        # traffic flows through p to d.
         diamond.restart("p", env=skewed_clock_env(30))
+        diamond.restart("d", env=skewed_clock_env(30))
         diamond.wait_converged(timeout=30)
-        # A 10 s deadline on s's clock has "passed" on p's: p must forward anyway.
+        # A 10 s deadline on s's clock has "passed" on p's and d's: p must forward
+        # anyway and d deliver. (d restarted: its client is a new one.)
+        receiver = await client_of(diamond, "d")
         async with Flow(
-            clients("s"), clients("d"), "d", run="skew30", directory=tmp_path, timeout=10
+            clients("s"), receiver, "d", run="skew30", directory=tmp_path, timeout=10
         ) as flow:
             assert next_hops(diamond, "s", "d") == ["p"]
             await flow.sender.run(rate_per_s=RATE, duration_s=3 * SCALE)
             verdict = await flow.settle(SETTLE_TIMEOUT)
-        record("clock-30s", {**flow.figures(verdict), "offset_s": 30})
+        await receiver.close()
+        record("clock-30s", {**flow.figures(verdict), "offset_s": 30, "skewed": "p, d"})
         assert verdict.ok, verdict.summary()
+        assert flow.sender.stats.refused == {}, flow.sender.stats.first_refusal
 
         # 300 s behind: every neighbour refuses its hello; the mesh routes around it.
         refused = total(diamond, "links_refused_clock")
@@ -240,4 +246,5 @@ async def test_a_node_30_s_off_works_and_300_s_off_is_refused(
         record("clock-300s", {"offset_s": -300, "refused_links": True})
     finally:
         diamond.restart("p")
+        diamond.restart("d")
         restore(diamond)

@@ -908,22 +908,27 @@ async def test_sends_over_the_admission_limit_are_refused_at_once(
         hanging: list[grpc.aio.UnaryUnaryCall] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT_TIMEOUT
+        # One read of the sink's stream stays pending across attempts: cancelling a
+        # pending grpc.aio read cancels the whole Serve call.
+        taken = asyncio.ensure_future(serve.read())
         while len(hanging) < MAX_INFLIGHT_SENDS:
             call = stub.Request(request, timeout=60.0)
-            taken = asyncio.ensure_future(serve.read())
+            answered = asyncio.ensure_future(call)
             await asyncio.wait(
-                {taken, asyncio.ensure_future(call)},
-                timeout=READ_TIMEOUT,
-                return_when=asyncio.FIRST_COMPLETED,
+                {taken, answered}, timeout=READ_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
             )
             if taken.done():
+                read = taken.result()
+                assert read is not grpc.aio.EOF and read.HasField("request"), read
                 hanging.append(call)
+                taken = asyncio.ensure_future(serve.read())
                 continue
-            taken.cancel()
             # Not routed to the new instance yet (its advert is on its way): try again.
-            assert call.done() and await call.code() == grpc.StatusCode.UNAVAILABLE
+            assert answered.done(), "the request neither reached the sink nor failed"
+            assert await call.code() == grpc.StatusCode.UNAVAILABLE, await call.code()
             assert loop.time() < deadline, "the sink never got a request"
             await asyncio.sleep(0.1)
+        taken.cancel()  # the test is done with the sink; its calls are cancelled below
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Send(
                 client_pb2.SendRequest(

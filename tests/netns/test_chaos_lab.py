@@ -166,7 +166,7 @@ async def _traffic(handle: lab.Lab, run: str, seconds: float) -> tuple[Verdict, 
             arrived_after = time.monotonic() - started
             await asyncio.sleep(SETTLE)
         finally:
-            sender.cancel()
+            await sender.cancel()
             await receiver.stop()
     verdict = check_ledgers([sent_ledger], [received_ledger])
     delivered = verdict.delivered

@@ -267,6 +267,16 @@ def test_a_link_that_stalls_is_given_longer_before_it_is_declared_dead() -> None
     assert not _dead(lossy, 104.5)
     assert _dead(lossy, 104.7)
 
+    # A peer that stayed away (frozen, crashed) for longer teaches nothing from its
+    # death: its next one is noticed as fast as the gaps actually measured allow.
+    frozen = _linked_pair(100.0)
+    frozen.frame_received("b", heartbeat, 100.2)
+    assert _dead(frozen, 101.0)
+    frozen.link_up("b", 1, 111.0)
+    frozen.frame_received("b", peer.hello(111.0), 111.0)
+    assert not _dead(frozen, 111.79)
+    assert _dead(frozen, 111.81)
+
 
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_partition_and_heal(engine: str) -> None:

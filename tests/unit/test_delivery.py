@@ -273,3 +273,20 @@ def test_a_slow_path_backs_the_rto_off_for_every_message_not_one_at_a_time() -> 
     # Only messages sent before the first round trip completed are resent (about
     # 40 here); restarting every message from the initial RTO resent each twice.
     assert retransmits < sent * 0.5, retransmits
+
+
+def test_a_node_whose_applications_are_full_leaves_acknowledged_messages_unacked() -> None:
+    # Acking would promise what a full queue cannot keep: the message is left
+    # for its source to retry, and arrives once the applications catch up.
+    net = CoreNetwork(nx.path_graph(["a", "b", "c"]), config())
+    net.run_until_converged()
+    net.cores["c"].applications_full = True
+    message_id = net.send("a", "c", body(1), mode=ACK, deadline_ms=int((net.now + 60) * 1000))
+    net.advance(1.0)
+    assert delivered_ids(net, "c") == Counter()
+    assert net.cores["c"].stats["deliveries_refused_busy"] >= 1
+    assert message_id in net.outbox["a"]
+    net.cores["c"].applications_full = False
+    net.advance(10.0)
+    assert delivered_ids(net, "c") == Counter({message_id: 1})
+    assert [a.message_id for a in net.acked["a"]] == [message_id]

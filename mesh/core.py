@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+import math
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
@@ -56,6 +57,7 @@ from mesh.envelope import (
     OpenedMessage,
     Opener,
     Sealer,
+    past_deadline,
     read_header,
     verify,
 )
@@ -409,7 +411,7 @@ class NodeCore:
         longest_gap, death_silence, at = self._gaps.get(peer, (0.0, 0.0, now))
         if now - at <= _STALL_REDIAL_S:
             longest_gap = max(longest_gap, death_silence)
-        longest_gap *= 0.5 ** (max(0.0, now - at) / _GAP_HALF_LIFE_S)
+        longest_gap = _faded(longest_gap, now - at)
         self._neighbours[peer] = _Neighbour(
             peer=peer,
             phase=LinkPhase.AWAITING_HELLO,
@@ -451,8 +453,7 @@ class NodeCore:
         neighbour.last_heard = now
         if gap <= 0:
             return
-        decayed = neighbour.longest_gap * 0.5 ** (gap / _GAP_HALF_LIFE_S)
-        neighbour.longest_gap = max(gap, decayed)
+        neighbour.longest_gap = max(gap, _faded(neighbour.longest_gap, gap))
         neighbour.silence_allowed = self._silence_allowed(neighbour.longest_gap)
         self._gaps[neighbour.peer] = (neighbour.longest_gap, 0.0, now)
 
@@ -933,7 +934,6 @@ class NodeCore:
         actions: list[Action] = []
         outgoing: dict[str, list[Envelope]] = {}
         now_ms = int(now * 1000)
-        skew_ms = self.config.limits.max_clock_skew_ms
         for envelope in envelopes:
             try:
                 verify(envelope, self.config.limits)
@@ -944,9 +944,7 @@ class NodeCore:
             if header.recipient == self.node_id:
                 actions += self._deliver_local(peer, envelope, now)
                 continue
-            # The deadline is on the source's clock, which may be up to the allowed
-            # skew from ours: only a message late by more than that is surely dead.
-            if header.deadline_ms and header.deadline_ms + skew_ms < now_ms:
+            if past_deadline(header, now_ms, self.config.limits):
                 self.stats["dropped_expired"] += 1
                 continue
             if envelope.ttl <= 1:
@@ -1542,6 +1540,11 @@ class NodeCore:
         if wake is not None:
             actions.append(Wake(at=max(wake, now)))
         return actions
+
+
+def _faded(gap: float, elapsed: float) -> float:
+    """A remembered gap after ``elapsed`` seconds of its 30 s half-life."""
+    return gap * math.pow(0.5, max(0.0, elapsed) / _GAP_HALF_LIFE_S)
 
 
 def _clock_offset_ms(sent_ms: int, now: float) -> int:

@@ -422,10 +422,7 @@ class Opener:
 
     def _check_time(self, header: EnvelopeHeader, now_ms: int) -> None:
         skew = self.limits.max_clock_skew_ms
-        # The deadline is on the source's clock, which may differ from ours by up
-        # to the skew bound: only a message later than that is surely too late
-        # (the source gives up by its own clock either way).
-        if header.deadline_ms and header.deadline_ms + skew < now_ms:
+        if past_deadline(header, now_ms, self.limits):
             raise Expired(
                 f"{describe(header)}: deadline passed {now_ms - header.deadline_ms} ms ago "
                 f"(more than the {skew} ms clocks may differ)"
@@ -435,6 +432,16 @@ class Opener:
                 f"{describe(header)}: created {header.created_ms - now_ms} ms in our future "
                 f"(more than the {skew} ms allowed)"
             )
+
+
+def past_deadline(header: EnvelopeHeader, now_ms: int, limits: Limits = DEFAULT_LIMITS) -> bool:
+    """Whether the message is surely too late, wherever it is (a hop or its recipient).
+
+    The deadline is on the source's clock, which may differ from ours by up to
+    the skew bound: only a message later than that is surely dead (the source
+    gives up by its own clock either way).
+    """
+    return bool(header.deadline_ms) and header.deadline_ms + limits.max_clock_skew_ms < now_ms
 
 
 def parse_envelope(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:

@@ -44,8 +44,8 @@ from typer.testing import CliRunner
 import mesh
 from nodes import lab
 from nodes.chaos import report
-from nodes.chaos.checker import Ledger, Verdict, check_ledgers
-from nodes.chaos.workload import AckedSender, Receiver, percentile
+from nodes.chaos.checker import Verdict
+from nodes.chaos.workload import Flow
 from nodes.commands import lab as lab_commands
 from tests.netns.conftest import REASON
 
@@ -149,39 +149,24 @@ def _wait_resolved(handle: lab.Lab, before: dict[str, int], timeout: float) -> d
 
 async def _traffic(handle: lab.Lab, run: str, seconds: float) -> tuple[Verdict, dict[str, Any]]:
     """Acknowledged 1 KiB messages a -> c for ``seconds``; the checker's verdict."""
-    sent_ledger, received_ledger = Ledger(), Ledger()
     state_dir = Path(handle.state_dir)
     async with (
         mesh.connect(node="a", state_dir=state_dir) as source,
         mesh.connect(node="c", state_dir=state_dir) as sink,
+        Flow(source, sink, "c", run=run, size=SIZE, timeout=MESSAGE_TIMEOUT) as flow,
     ):
-        receiver = Receiver(sink, received_ledger)
-        await receiver.start()
-        sender = AckedSender(source, "c", sent_ledger, run=run, size=SIZE, timeout=MESSAGE_TIMEOUT)
         started = time.monotonic()
-        try:
-            await sender.run(rate_per_s=RATE, duration_s=seconds)
-            sent_for = time.monotonic() - started
-            missing = await receiver.wait_for(set(sent_ledger.ids("accepted")), ARRIVAL_BUDGET)
-            arrived_after = time.monotonic() - started
-            await asyncio.sleep(SETTLE)
-        finally:
-            await sender.cancel()
-            await receiver.stop()
-    verdict = check_ledgers([sent_ledger], [received_ledger])
-    delivered = verdict.delivered
+        await flow.sender.run(rate_per_s=RATE, duration_s=seconds)
+        sent_for = time.monotonic() - started
+        verdict = await flow.settle(ARRIVAL_BUDGET, linger=SETTLE)
+    arrived_after = sent_for + flow.settle_s
     return verdict, {
+        **flow.figures(verdict),
         "arrived_seconds": round(arrived_after, 2),
-        "counts": verdict.counts(),
-        "missing_after_wait": len(missing),
         "offered_per_s": RATE,
         "send_seconds": round(sent_for, 2),
-        "throughput_per_s": round(delivered / arrived_after, 1) if arrived_after else 0.0,
-        "latency_p50_ms": round(percentile(receiver.latency_ms, 50), 1),
-        "latency_p99_ms": round(percentile(receiver.latency_ms, 99), 1),
-        "latency_max_ms": round(max(receiver.latency_ms, default=0.0), 1),
-        "accept_p99_ms": round(percentile(sender.stats.accept_ms, 99), 1),
-        "refused": dict(sender.stats.refused),
+        "throughput_per_s": round(verdict.delivered / arrived_after, 1) if arrived_after else 0.0,
+        "latency_max_ms": round(max(flow.receiver.latency_ms, default=0.0), 1),
     }
 
 

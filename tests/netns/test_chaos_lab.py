@@ -291,7 +291,9 @@ def test_impair_changes_a_running_link_and_the_cli_shows_it(clean_link: lab.Lab)
     deadline = time.monotonic() + 10
     while True:
         seen = handle.counters("b", "c").since(before)
-        if seen.dropped_ab + seen.dropped_ba > 0 or time.monotonic() > deadline:
+        dropped, passed = seen.dropped_ab + seen.dropped_ba, seen.packets_ab + seen.packets_ba
+        # Wait for both: the first drop can be counted before any packet has passed.
+        if (dropped > 0 and passed > 0) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert seen.dropped_ab + seen.dropped_ba > 0

@@ -74,6 +74,7 @@ from mesh.errors import (
     TooManyPending,
 )
 from mesh.linkcost import CostPolicy, LinkCost
+from mesh.recovery import Recovery, Verdict
 from mesh.routing.base import Outgoing, RoutingEngine
 from mesh.routing.distance_vector import DistanceVectorConfig, DistanceVectorEngine
 from mesh.routing.errors import StaleUpdate
@@ -87,8 +88,6 @@ _STALL_REDIAL_S = 2.0
 """A link back within this long of being declared dead had stalled, not died."""
 _GAP_HALF_LIFE_S = 30.0
 """How fast a link's remembered worst gap between frames fades (see ``dead_stretch``)."""
-_MAX_RTO_DOUBLINGS = 6
-"""A recipient's RTO backs off at most 64x (still capped by ``retry_max_s``)."""
 
 ENGINE_NAMES: Mapping[int, str] = {
     peer_pb2.ROUTING_ENGINE_LINK_STATE: "link-state",
@@ -139,6 +138,13 @@ class _Pending:
     envelope: Envelope | None = None
     attempts: int = 0
     attempt_at: float = 0.0
+    """When the latest copy was sent (0: not in this process's life)."""
+    first_sent: float | None = None
+    """When the first copy was sent, if this process sent it (not for a resumed one)."""
+    presumed_lost: bool = False
+    """A probe sent after it was acked by its own copy: this one never arrived."""
+    transmitted: bool = True
+    """Whether a copy has left this node (one with no route at first is held)."""
     next_at: float = 0.0
     tried: set[str] = field(default_factory=set)
     policy: Policy | None = None
@@ -160,6 +166,12 @@ class CoreConfig:
     """At most this multiple of ``dead_interval`` is allowed on a link whose frames
     have lately arrived with long gaps (TCP retransmitting under packet loss):
     1.5 x the longest recent gap, decaying with a 30 s half-life. 1 disables it."""
+    dead_hold: float = 10.0
+    """Seconds a link declared dead keeps its transport, withdrawn from routing,
+    before it is closed. Routing moves at once; but a link that only stalled (TCP
+    retransmitting under loss, a peer paused) comes back on its next frame with
+    what it was carrying, instead of losing it and redialling through a handshake
+    on the same bad path. 0 closes a dead link at once."""
     cost_policy: CostPolicy = field(default_factory=CostPolicy)
     """Static or RTT-derived link costs."""
     limits: Limits = DEFAULT_LIMITS
@@ -181,6 +193,8 @@ class CoreConfig:
             raise InvalidArgument("need 0 < heartbeat_interval < dead_interval")
         if self.dead_stretch < 1:
             raise InvalidArgument("dead_stretch must be at least 1")
+        if self.dead_hold < 0:
+            raise InvalidArgument("dead_hold must not be negative")
         if self.engine not in ENGINE_NAMES:
             raise InvalidArgument(f"unknown routing engine {self.engine}")
 
@@ -190,6 +204,9 @@ class LinkPhase(enum.Enum):
 
     AWAITING_HELLO = "awaiting-hello"
     UP = "up"
+    SUSPECT = "suspect"
+    """Declared dead and withdrawn from routing, the transport kept for ``dead_hold``:
+    the next frame from the peer brings it back up."""
 
 
 class FrameKind(enum.Enum):
@@ -230,6 +247,7 @@ _LINK_TABLE: Mapping[tuple[LinkPhase, FrameKind], str] = {
 }
 
 _SENT_HEARTBEATS_KEPT = 16
+_MAX_ATTEMPT = 2**32 - 1  # Envelope.attempt is a uint32
 _MAX_TRACE = 64  # hops recorded at most (a trace is peer-controlled input)
 _EMPTY_BODY = EncodedBody(data=b"", content_type=ContentType.RAW)
 # Reply statuses that say the instance (not the request) is in trouble.
@@ -306,7 +324,8 @@ class NodeCore:
         self._timers: list[tuple[float, int, bytes]] = []
         self._timer_seq = itertools.count()
         self._replies: OrderedDict[bytes, Envelope] = OrderedDict()
-        self._rtt: dict[str, tuple[float, float]] = {}
+        self.recovery = Recovery(config.delivery.retry_initial_s, config.delivery.retry_max_s)
+        """Round-trip estimates, backoff and loss evidence per recipient."""
         self.applications_full = False
         """Set by the driver while this node's applications cannot take more messages
         (their queues are full): acknowledged messages to them are then refused, not
@@ -314,9 +333,6 @@ class NodeCore:
         self._gaps: dict[str, tuple[float, float, float]] = {}
         """Peer -> (longest recent gap between its frames, the silence that last
         declared the link dead (0: none), when), kept across incarnations."""
-        self._rto_backoff: dict[str, tuple[int, float]] = {}
-        """Recipient -> (doublings of its RTO kept since the last valid sample, when
-        last doubled): Karn's backoff, which outlives the message that timed out."""
         self._traces: OrderedDict[bytes, list[str]] = OrderedDict()
         self._retransmit_bucket: dict[str, tuple[float, float]] = {}
         self.stats: Counter[str] = Counter()
@@ -396,6 +412,9 @@ class NodeCore:
             raise InvalidArgument("a node cannot link to itself")
         existing = self._neighbours.get(peer)
         actions: list[Action] = []
+        if existing is not None and existing.phase is LinkPhase.SUSPECT:
+            del self._neighbours[peer]  # a new transport replaces the silent one
+            existing = None
         if existing is not None:
             existing.cost.configured = cost
             if not self.config.cost_policy.rtt_derived:
@@ -476,6 +495,11 @@ class NodeCore:
             return self._finish([], now)
         self._heard(neighbour, now)
         neighbour.frames_received += 1
+        revived: list[Action] = []
+        if neighbour.phase is LinkPhase.SUSPECT:
+            # It only stalled: back into routing, on the transport it never lost.
+            self.stats["links_revived"] += 1
+            revived = self._bring_up(neighbour, now)
         which = frame.WhichOneof("body")
         kind = _FRAME_KINDS.get(which or "")
         handler = None if kind is None else _LINK_TABLE.get((neighbour.phase, kind))
@@ -483,9 +507,9 @@ class NodeCore:
             error = ProtocolViolation(
                 f"{which or 'empty'} frame from {peer!r} while the link is {neighbour.phase.value}"
             )
-            return self._finish(self._close(peer, error, now), now)
+            return self._finish(revived + self._close(peer, error, now), now)
         actions: list[Action] = getattr(self, handler)(neighbour, frame, now)
-        return self._finish(actions, now)
+        return self._finish(revived + actions, now)
 
     def submit(
         self,
@@ -560,13 +584,29 @@ class NodeCore:
         if pending is not None:
             pending.recipient = target
             pending.envelope = envelope
-            self._pending[message_id] = pending
             actions.append(self._persist(pending, now))
-            self._arm(pending, now + self._backoff(0, target))
-            # First sends, the denominator of "retries add at most x% load" (retransmits).
-            self.stats["acknowledged_sent"] += 1
+            if not self._hold_or_send(pending, now):
+                return message_id, self._finish(actions, now)
         actions += self._send_envelope(envelope, target, now)
         return message_id, self._finish(actions, now)
+
+    def _hold_or_send(self, pending: _Pending, now: float) -> bool:
+        """Register a new acknowledged message; False when it is held for want of a
+        route (no copy leaves, so its first transmission, once there is a route,
+        is not counted as a retransmission)."""
+        self._pending[pending.message_id] = pending
+        # First sends, the denominator of "retries add at most x% load" (retransmits).
+        self.stats["acknowledged_sent"] += 1
+        self._arm(pending, now + self._backoff(0, pending.recipient))
+        if not self._reachable(pending.recipient):
+            pending.transmitted = False
+            self.stats["held_no_route"] += 1
+            return False
+        pending.attempt_at = pending.first_sent = now
+        return True
+
+    def _reachable(self, recipient: str) -> bool:
+        return recipient == self.node_id or bool(self.table.next_hops(recipient))
 
     def request(
         self,
@@ -742,18 +782,17 @@ class NodeCore:
         actions: list[Action] = []
         for neighbour in list(self._neighbours.values()):
             # Compare with the same sum next_wake() reports, or float rounding spins.
-            if now >= neighbour.last_heard + neighbour.silence_allowed:
-                self.stats["links_dead"] += 1
-                # The stall that killed it was never measured as a gap: remember it,
-                # so a link that only stalled comes back tolerating one that long.
-                silence = now - neighbour.last_heard
-                self._gaps[neighbour.peer] = (neighbour.longest_gap, silence, now)
-                error = LinkRefused(
-                    f"no frame from {neighbour.peer!r} for "
-                    f"{now - neighbour.last_heard:.3f} s; declared dead"
-                )
-                actions += self._close(neighbour.peer, error, now, status=Status.UNAVAILABLE)
-                continue
+            if now >= self._dead_at(neighbour):
+                if neighbour.phase is LinkPhase.SUSPECT:
+                    error = LinkRefused(
+                        f"no frame from {neighbour.peer!r} for "
+                        f"{now - neighbour.last_heard:.3f} s; declared dead"
+                    )
+                    actions += self._close(neighbour.peer, error, now, status=Status.UNAVAILABLE)
+                    continue
+                actions += self._declare_dead(neighbour, now)
+                if neighbour.peer not in self._neighbours:
+                    continue
             if now >= neighbour.next_heartbeat:
                 actions.append(self._heartbeat(neighbour, now))
         actions += self._routing_out(self.engine.tick(now))
@@ -761,10 +800,36 @@ class NodeCore:
         self.dedupe.expire(int(now * 1000))
         return self._finish(actions, now)
 
+    def _dead_at(self, neighbour: _Neighbour) -> float:
+        """When the silence of ``neighbour`` makes it dead (withdrawn from routing), or,
+        once it is, when its transport is closed."""
+        dead_at = neighbour.last_heard + neighbour.silence_allowed
+        return dead_at + self.config.dead_hold if neighbour.phase is LinkPhase.SUSPECT else dead_at
+
+    def _declare_dead(self, neighbour: _Neighbour, now: float) -> list[Action]:
+        """Silence past the allowance: route around the link at once; keep its transport
+        ``dead_hold`` longer (SUSPECT), or close it if there is nothing to keep."""
+        self.stats["links_dead"] += 1
+        # The stall that killed it was never measured as a gap: remember it,
+        # so a link that only stalled comes back tolerating one that long.
+        silence = now - neighbour.last_heard
+        self._gaps[neighbour.peer] = (neighbour.longest_gap, silence, now)
+        if neighbour.phase is LinkPhase.UP and self.config.dead_hold > 0:
+            neighbour.phase = LinkPhase.SUSPECT
+            self.stats["links_down"] += 1
+            return self._routing_out(self.engine.link_down(neighbour.peer, now))
+        error = LinkRefused(f"no frame from {neighbour.peer!r} for {silence:.3f} s; declared dead")
+        return self._close(neighbour.peer, error, now, status=Status.UNAVAILABLE)
+
+    def link_phase(self, peer: str) -> LinkPhase | None:
+        """Where the link to ``peer`` is in its life (None: no link)."""
+        neighbour = self._neighbours.get(peer)
+        return None if neighbour is None else neighbour.phase
+
     def next_wake(self) -> float | None:
         """The earliest time ``tick`` has work to do."""
         times = [n.next_heartbeat for n in self._neighbours.values()]
-        times += [n.last_heard + n.silence_allowed for n in self._neighbours.values()]
+        times += [self._dead_at(n) for n in self._neighbours.values()]
         engine_wake = self.engine.next_wake()
         if engine_wake is not None:
             times.append(engine_wake)
@@ -816,8 +881,14 @@ class NodeCore:
                 ),
                 now,
             )
-        neighbour.phase = LinkPhase.UP
         self.stats["links_up"] += 1
+        return self._bring_up(neighbour, now)
+
+    def _bring_up(self, neighbour: _Neighbour, now: float) -> list[Action]:
+        """Into routing: after the hello, or when a SUSPECT link is heard again (it
+        missed the identities flooded meanwhile, so they all go again)."""
+        neighbour.phase = LinkPhase.UP
+        peer = neighbour.peer
         # Identities before adverts: a signed advert is checked against its origin's key.
         actions: list[Action] = [
             self._send(peer, peer_pb2.Frame(identity=record)) for record in self.directory
@@ -1013,7 +1084,7 @@ class NodeCore:
                     if cached is not None:
                         return self._send_envelope(cached, header.reply_to or header.source, now)
                     return []
-                return self._ack(header, now)  # the first ack may have been lost
+                return self._ack(header, envelope.attempt, now)  # the first ack may be lost
             except MeshError as exc:
                 return self._refuse_delivery(peer, exc)
             actions.append(Remember(message_id=header.message_id, created_ms=header.created_ms))
@@ -1023,7 +1094,7 @@ class NodeCore:
             header.mode == envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED
             and kind == envelope_pb2.ENVELOPE_KIND_DATA
         ):
-            actions += self._ack(header, now)
+            actions += self._ack(header, envelope.attempt, now)
         return actions
 
     def _refuse_delivery(self, peer: str, error: MeshError) -> list[Action]:
@@ -1035,9 +1106,12 @@ class NodeCore:
             actions.append(self._nack(peer, error))
         return actions
 
-    def _ack(self, header: EnvelopeHeader, now: float) -> list[Action]:
+    def _ack(self, header: EnvelopeHeader, attempt: int, now: float) -> list[Action]:
+        """Ack ``header``'s message, echoing which copy (``attempt``) arrived."""
         try:
-            envelope = self._seal_answer(header, envelope_pb2.ENVELOPE_KIND_ACK, _EMPTY_BODY, now)
+            envelope = self._seal_answer(
+                header, envelope_pb2.ENVELOPE_KIND_ACK, _EMPTY_BODY, now, acked_attempt=attempt
+            )
         except MeshError as exc:
             return [self._reject("", exc, "ack")]
         self.stats["acks_sent"] += 1
@@ -1051,6 +1125,7 @@ class NodeCore:
         now: float,
         *,
         status: Status = Status.OK,
+        acked_attempt: int = 0,
     ) -> Envelope:
         """An ACK or REPLY to ``question``, sealed to whoever asked (reply_to or source)."""
         to = question.reply_to or question.source
@@ -1066,6 +1141,7 @@ class NodeCore:
             deadline_ms=question.deadline_ms if kind == envelope_pb2.ENVELOPE_KIND_REPLY else 0,
             correlation_id=question.message_id,
             status=int(status),
+            acked_attempt=acked_attempt,
         )
         return self.sealer.seal(header, body, ttl=self.config.default_ttl)
 
@@ -1076,16 +1152,50 @@ class NodeCore:
             return []
         del self._pending[header.correlation_id]
         self.stats["acked"] += 1
-        if pending.attempts == 0:  # Karn: only unambiguous round trips are samples
-            self._sample_rtt(header.source, now - pending.started_at)
+        # The ack says which copy arrived: the latest, the first, or (unknown) another.
+        copy = header.acked_attempt
+        sent_at: float | None = None
+        if copy == pending.attempts and pending.attempt_at:
+            sent_at = pending.attempt_at
+        elif copy == 0 and pending.first_sent is not None:
+            sent_at = pending.first_sent
+        if pending.attempts and copy < pending.attempts:
+            self.stats["retransmits_spurious"] += 1  # an earlier copy made it after all
+        actions: list[Action] = [
+            Forget(message_id=pending.message_id),
+            Acked(message_id=pending.message_id, latency_s=now - pending.started_at),
+        ]
         if pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE:
             self.balancer.finished(
                 pending.destination, header.source, now, now - pending.attempt_at, ok=True
             )
-        return [
-            Forget(message_id=pending.message_id),
-            Acked(message_id=pending.message_id, latency_s=now - pending.started_at),
-        ]
+        probe_sent_at = self.recovery.acked(
+            header.source,
+            pending.message_id,
+            sent_at,
+            now,
+            retransmission=copy > 0 and copy == pending.attempts,
+        )
+        if probe_sent_at is not None:
+            self._release(header.source, probe_sent_at, now)
+        return actions
+
+    def _release(self, recipient: str, before: float, now: float) -> None:
+        """The probe of a silent path to ``recipient`` arrived as a retransmission, so
+        the path delivers again and what was sent to it before the probe was lost:
+        resend all of it now (paced), instead of one probe per RTO."""
+        released = 0
+        for pending in self._pending.values():
+            if (
+                not pending.request
+                and pending.recipient == recipient
+                and pending.attempt_at < before
+                and not pending.presumed_lost
+            ):
+                pending.presumed_lost = True
+                self._arm(pending, now)
+                released += 1
+        self.stats["retransmits_released"] += released
 
     def _on_reply(self, opened: OpenedMessage, now: float) -> list[Action]:
         header = opened.header
@@ -1192,10 +1302,9 @@ class NodeCore:
             )
             pending.recipient = node
             pending.envelope = envelope
-            self._pending[message_id] = pending
             actions.append(self._persist(pending, now))
-            self._arm(pending, now + self._backoff(0, node))
-            self.stats["acknowledged_sent"] += 1
+            if not self._hold_or_send(pending, now):
+                return message_id, actions
         return message_id, actions + self._send_envelope(envelope, node, now)
 
     def _seal(
@@ -1279,48 +1388,9 @@ class NodeCore:
         two count the same timeouts: taking their product would quadruple), capped,
         plus up to 25% jitter (never less: firing early is a spurious retransmit)."""
         delivery = self.config.delivery
-        own = self._measured_rto(recipient) * 2.0 ** min(attempt, 30)
-        base = min(delivery.retry_max_s, max(own, self._rto(recipient)))
+        own = self.recovery.measured_rto(recipient) * 2.0 ** min(attempt, 30)
+        base = min(delivery.retry_max_s, max(own, self.recovery.rto(recipient)))
         return base * (1.0 + 0.25 * self._rng.random())
-
-    def _measured_rto(self, recipient: str) -> float:
-        """RFC 6298's RTO from acked round trips, in Linux's form: the variance term is
-        at least the floor, so a steady path (rttvar ~ 0) does not get an RTO equal to
-        its RTT, which any jitter exceeds."""
-        floor = self.config.delivery.retry_initial_s
-        estimate = self._rtt.get(recipient)
-        return floor if estimate is None else estimate[0] + max(4 * estimate[1], floor)
-
-    def _rto(self, recipient: str) -> float:
-        """The measured RTO doubled once per timeout until a fresh sample arrives
-        (RFC 6298 5.5, Karn), capped at ``retry_max_s``."""
-        doublings, _ = self._rto_backoff.get(recipient, (0, 0.0))
-        return min(self.config.delivery.retry_max_s, self._measured_rto(recipient) * 2.0**doublings)
-
-    def _timed_out(self, recipient: str, now: float) -> None:
-        """A retransmission timer to ``recipient`` fired: back its RTO off.
-
-        Without this, every new message starts again from the RTO that just
-        proved too short, and on a slow or lossy path (TCP retransmitting
-        underneath) each one is sent twice or more. Karn's rule keeps the
-        backed-off RTO until an unambiguous round trip is measured. One
-        doubling per RTO, as TCP has one timer per connection: a burst of
-        messages timing out together is one timeout, not fifty.
-        """
-        doublings, last = self._rto_backoff.get(recipient, (0, float("-inf")))
-        if now - last >= self._rto(recipient) and doublings < _MAX_RTO_DOUBLINGS:
-            self._rto_backoff[recipient] = (doublings + 1, now)
-
-    def _sample_rtt(self, recipient: str, rtt: float) -> None:
-        self._rto_backoff.pop(recipient, None)
-        estimate = self._rtt.get(recipient)
-        if estimate is None:
-            self._rtt[recipient] = (rtt, rtt / 2)
-            return
-        srtt, rttvar = estimate
-        rttvar = 0.75 * rttvar + 0.25 * abs(srtt - rtt)
-        srtt = 0.875 * srtt + 0.125 * rtt
-        self._rtt[recipient] = (srtt, rttvar)
 
     def _retransmit_token(self, recipient: str, now: float) -> bool:
         rate = self.config.delivery.retransmit_rate
@@ -1362,6 +1432,7 @@ class NodeCore:
 
     def _give_up(self, pending: _Pending, now: float, status: Status) -> list[Action]:
         del self._pending[pending.message_id]
+        self.recovery.forget(pending.recipient, pending.message_id)
         self.stats["failed_deadline" if status == Status.DEADLINE_EXCEEDED else "failed"] += 1
         if pending.request and pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE:
             self.balancer.finished(
@@ -1404,51 +1475,85 @@ class NodeCore:
         return self._attempt(pending, target, now)
 
     def _retry_send(self, pending: _Pending, now: float) -> list[Action]:
-        """No ack yet: resend (re-targeting a service message whose instance is gone).
+        """No ack yet: resend if the copy was lost (see :mod:`mesh.recovery`), re-target
+        a service message whose instance is gone, or wait.
 
-        Retransmits are paced per recipient (a token bucket), so a backlog
-        released at once, after a partition heals, cannot flood the path with
-        copies faster than acks can come back; a message with no route waits
-        one RTO without counting an attempt.
+        A message with no route waits one RTO without counting an attempt. Resends
+        are paced per recipient (a token bucket), so a backlog released at once,
+        after a partition heals, cannot flood the path with copies faster than
+        acks can come back.
         """
-        actions: list[Action] = []
-        reachable = pending.recipient == self.node_id or self.table.next_hops(pending.recipient)
-        if reachable and not self._retransmit_token(pending.recipient, now):
-            self.stats["retransmits_paced"] += 1
-            self._arm(pending, now + self._pace_delay())
-            return actions
-        if not reachable and pending.destination_kind != envelope_pb2.DESTINATION_KIND_SERVICE:
-            self._arm(pending, now + self._backoff(0, pending.recipient))
-            return actions
-        self._timed_out(pending.recipient, now)
-        pending.attempts += 1
-        self._arm(pending, now + self._backoff(pending.attempts, pending.recipient))
-        if (
+        recipient = pending.recipient
+        reachable = self._reachable(recipient)
+        retarget = (
             not reachable
             and pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE
             and pending.body is not None
-        ):
+        )
+        if not reachable and not retarget:
+            self._arm(pending, now + self._backoff(0, recipient))
+            return []
+        if reachable and not pending.transmitted:
+            return self._send_held(pending, now)
+        verdict = Verdict.RESEND
+        if reachable and not pending.presumed_lost:
+            verdict = self.recovery.judge(recipient, pending.message_id, pending.attempt_at, now)
+        if verdict in (Verdict.WAIT, Verdict.DEFER):
+            self.stats[f"retransmits_{'waited' if verdict == Verdict.WAIT else 'deferred'}"] += 1
+            self._arm(pending, now + self.recovery.rto(recipient))
+            return []
+        if reachable and not self._retransmit_token(recipient, now):
+            self.stats["retransmits_paced"] += 1
+            self._arm(pending, now + self._pace_delay())
+            return []
+        actions: list[Action] = []
+        if verdict == Verdict.PROBE:
+            self.recovery.probing(recipient, pending.message_id, now)
+        elif retarget:
+            self.recovery.timed_out(recipient, now)
             try:
-                target = self._resolve(pending.destination, pending.destination_kind, now)
+                recipient = self._resolve(pending.destination, pending.destination_kind, now)
             except NoRoute:
-                return actions
-            pending.recipient = target
+                self._arm(pending, now + self._backoff(0, pending.recipient))
+                return []
+            assert pending.body is not None
+            pending.recipient = recipient
             pending.envelope = self._seal(
                 pending.message_id,
                 pending.destination,
                 pending.destination_kind,
-                target,
+                recipient,
                 body=pending.body,
                 now=now,
                 mode=envelope_pb2.DELIVERY_MODE_ACKNOWLEDGED,
                 deadline_ms=pending.deadline_ms,
             )
             actions.append(self._persist(pending, now))
+        pending.attempts += 1
+        pending.attempt_at = now
+        pending.presumed_lost = False
+        self._arm(pending, now + self._backoff(pending.attempts, recipient))
         assert pending.envelope is not None
         self.stats["retransmits"] += 1
         resend = Envelope()
         resend.CopyFrom(pending.envelope)  # forwarders decrement ttl on their copy
-        return actions + self._send_envelope(resend, pending.recipient, now)
+        resend.attempt = min(pending.attempts, _MAX_ATTEMPT)
+        return actions + self._send_envelope(resend, recipient, now)
+
+    def _send_held(self, pending: _Pending, now: float) -> list[Action]:
+        """A route exists now for a message held since it was accepted: its first copy."""
+        if not self._retransmit_token(pending.recipient, now):  # a backlog is paced too
+            self.stats["retransmits_paced"] += 1
+            self._arm(pending, now + self._pace_delay())
+            return []
+        pending.transmitted = True
+        pending.attempt_at = pending.first_sent = now
+        self.stats["sent_after_hold"] += 1
+        self._arm(pending, now + self._backoff(0, pending.recipient))
+        assert pending.envelope is not None
+        resend = Envelope()
+        resend.CopyFrom(pending.envelope)  # the pending copy stays pristine (ttl)
+        return self._send_envelope(resend, pending.recipient, now)
 
     def _next_hop(self, destination: str, avoid: str | None = None) -> str | None:
         """A next hop to ``destination``; equal-cost next hops are used in turn.

@@ -50,7 +50,7 @@ DIGEST_SIZE = 32
 SIGNATURE_SIZE = 64
 
 _PREFIX = struct.Struct(">BI")  # version, header length
-# Envelope fields besides header and payload: version, digest, ttl, signature, tags.
+# Envelope fields besides header and payload: version, digest, ttl, signature, attempt, tags.
 _ENVELOPE_OVERHEAD = 128
 
 
@@ -111,6 +111,8 @@ class Header:
     """gRPC status code of a REPLY."""
     queue_groups: tuple[str, ...] = ()
     """Pub/sub: the queue groups this copy serves at the recipient."""
+    acked_attempt: int = 0
+    """ACK: which transmission of the acked message arrived (its ``Envelope.attempt``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -331,6 +333,7 @@ class Sealer:
                     correlation_id=header.correlation_id,
                     status=header.status,
                     queue_groups=header.queue_groups,
+                    acked_attempt=header.acked_attempt,
                 ).SerializeToString()
             )
         except ValueError as exc:  # a negative time or status, an out-of-range enum

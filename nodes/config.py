@@ -188,6 +188,10 @@ class NodeSettings(_Model):
     dead_stretch: float = Field(default=4.0, ge=1)
     """A link whose frames lately came in stalls (TCP retransmitting under loss) gets
     up to this multiple of ``dead_ms`` (1.5 x its longest recent gap); 1 disables."""
+    dead_hold_ms: int = Field(default=10_000, ge=0)
+    """A dead link is routed around at once, but its stream is kept this long before
+    it is closed: a link that only stalled comes back on its next frame, with what
+    it carried, without a redial. 0 closes it at once."""
     batch_max: int = Field(default=64, ge=1, le=65_536)
     """Most envelopes in one link write."""
     batch_delay_ms: float = Field(default=0.0, ge=0)

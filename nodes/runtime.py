@@ -32,7 +32,7 @@ from mesh.actions import (
     Wake,
 )
 from mesh.codec import EncodedBody
-from mesh.core import CoreConfig, NodeCore
+from mesh.core import CoreConfig, LinkPhase, NodeCore
 from mesh.crypto import NodeIdentity
 from mesh.directory import CertificateCheck
 from mesh.envelope import EnvelopeHeader, parse_envelope
@@ -574,8 +574,15 @@ class NodeRuntime:
             await context.abort(grpc.StatusCode.UNAVAILABLE, reason)
             return
         if peer in self.links:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"a link to {peer!r} is already up")
-            return
+            if self.core.link_phase(peer) is not LinkPhase.SUSPECT:
+                await context.abort(
+                    grpc.StatusCode.ALREADY_EXISTS, f"a link to {peer!r} is already up"
+                )
+                return
+            # The peer dials again while its old stream is silent (it restarted, or
+            # its side gave up): the new stream replaces the old one at once.
+            stale = self.links.pop(peer)
+            stale.close(Status.UNAVAILABLE, f"replaced by a new stream from {peer!r}")
         link = await self.run_link(peer, read, context.write, initiated=False, first=first)
         if link.close_status is not None and link.close_status != Status.UNAVAILABLE:
             await context.abort(grpc_code(link.close_status), link.close_reason)

@@ -892,6 +892,7 @@ def build_runtime(config: NodeConfig) -> tuple[NodeRuntime, grpc.ServerCredentia
         heartbeat_interval=settings.heartbeat_ms / 1000,
         dead_interval=settings.dead_ms / 1000,
         dead_stretch=settings.dead_stretch,
+        dead_hold=settings.dead_hold_ms / 1000,
         cost_policy=CostPolicy(rtt_derived=settings.cost_mode == "rtt"),
         limits=DEFAULT_LIMITS,
         trace=settings.trace,

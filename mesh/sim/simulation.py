@@ -574,6 +574,7 @@ class Simulation:
             "dropped_in_flight": net.stats.dropped_in_flight,
             "link_retransmissions": net.stats.retransmissions,
             "retransmits": stats["retransmits"],
+            "held_no_route": stats["held_no_route"],
             "events_processed": net.events_processed,
             "modelled_frames": modelled,
             "link_load": links,

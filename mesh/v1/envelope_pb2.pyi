@@ -70,7 +70,7 @@ CIPHER_AES_256_GCM: Cipher
 CIPHER_CHACHA20_POLY1305: Cipher
 
 class EnvelopeHeader(_message.Message):
-    __slots__ = ("message_id", "source", "destination_kind", "destination", "recipient", "mode", "kind", "created_ms", "deadline_ms", "content_type", "body_type", "compression", "cipher", "key_id", "nonce", "reply_to", "correlation_id", "status", "queue_groups")
+    __slots__ = ("message_id", "source", "destination_kind", "destination", "recipient", "mode", "kind", "created_ms", "deadline_ms", "content_type", "body_type", "compression", "cipher", "key_id", "nonce", "reply_to", "correlation_id", "status", "queue_groups", "acked_attempt")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class EnvelopeHeader(_message.Message):
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    ACKED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     message_id: bytes
     source: str
     destination_kind: DestinationKind
@@ -109,10 +110,11 @@ class EnvelopeHeader(_message.Message):
     correlation_id: bytes
     status: int
     queue_groups: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, message_id: _Optional[bytes] = ..., source: _Optional[str] = ..., destination_kind: _Optional[_Union[DestinationKind, str]] = ..., destination: _Optional[str] = ..., recipient: _Optional[str] = ..., mode: _Optional[_Union[DeliveryMode, str]] = ..., kind: _Optional[_Union[EnvelopeKind, str]] = ..., created_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., content_type: _Optional[_Union[ContentType, str]] = ..., body_type: _Optional[str] = ..., compression: _Optional[_Union[Compression, str]] = ..., cipher: _Optional[_Union[Cipher, str]] = ..., key_id: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., reply_to: _Optional[str] = ..., correlation_id: _Optional[bytes] = ..., status: _Optional[int] = ..., queue_groups: _Optional[_Iterable[str]] = ...) -> None: ...
+    acked_attempt: int
+    def __init__(self, message_id: _Optional[bytes] = ..., source: _Optional[str] = ..., destination_kind: _Optional[_Union[DestinationKind, str]] = ..., destination: _Optional[str] = ..., recipient: _Optional[str] = ..., mode: _Optional[_Union[DeliveryMode, str]] = ..., kind: _Optional[_Union[EnvelopeKind, str]] = ..., created_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., content_type: _Optional[_Union[ContentType, str]] = ..., body_type: _Optional[str] = ..., compression: _Optional[_Union[Compression, str]] = ..., cipher: _Optional[_Union[Cipher, str]] = ..., key_id: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., reply_to: _Optional[str] = ..., correlation_id: _Optional[bytes] = ..., status: _Optional[int] = ..., queue_groups: _Optional[_Iterable[str]] = ..., acked_attempt: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("version", "header", "payload", "digest", "ttl", "signature", "trace")
+    __slots__ = ("version", "header", "payload", "digest", "ttl", "signature", "trace", "attempt")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +122,7 @@ class Envelope(_message.Message):
     TTL_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     version: int
     header: bytes
     payload: bytes
@@ -127,4 +130,5 @@ class Envelope(_message.Message):
     ttl: int
     signature: bytes
     trace: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., header: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., ttl: _Optional[int] = ..., signature: _Optional[bytes] = ..., trace: _Optional[_Iterable[str]] = ...) -> None: ...
+    attempt: int
+    def __init__(self, version: _Optional[int] = ..., header: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., ttl: _Optional[int] = ..., signature: _Optional[bytes] = ..., trace: _Optional[_Iterable[str]] = ..., attempt: _Optional[int] = ...) -> None: ...

@@ -191,10 +191,21 @@ def _measure(handle: lab.Lab, case: Case, rate_mbit: float = 0.0) -> Run:
             "first_sends": first,
             "retransmits": retransmits,
             "retry_ratio": round(retransmits / first, 4) if first else 0.0,
-            "retransmits_paced": _delta(after["a"], before["a"], "retransmits_paced"),
+            **{
+                f"retransmits_{why}": _delta(after["a"], before["a"], f"retransmits_{why}")
+                for why in ("paced", "spurious", "released", "waited", "deferred")
+            },
             "failed_deadline": _delta(after["a"], before["a"], "failed_deadline"),
             "duplicates_at_c": _delta(after["c"], before["c"], "duplicates"),
             "links_down_b": _delta(after["b"], before["b"], "links_down"),
+            "counters": {
+                node: {
+                    key: _delta(after[node], before[node], key)
+                    for key in sorted(after[node])
+                    if _delta(after[node], before[node], key)
+                }
+                for node in handle.nodes
+            },
             "dropped_at_b": {
                 key: _delta(after["b"], before["b"], key)
                 for key in after["b"]

@@ -22,9 +22,9 @@ the offered load fills a given share of it (75 %: the traffic fits; 150 %:
 an overloaded link, where a backlog builds and the retransmissions' share of
 the load shows), rather than fixed at a rate this machine could never fill.
 Every figure goes to :func:`nodes.chaos.report.record`; the retry ratio is
-asserted where it is reliably within the target (1 % loss only, see
-``CASES``), times never. ``MESH_CHAOS_LONG=1`` makes every run five times
-longer (except the overload's, whose backlog grows with it).
+asserted for both loss rates (see ``CASES``), times never.
+``MESH_CHAOS_LONG=1`` makes every run five times longer (except the
+overload's, whose backlog grows with it).
 """
 
 from __future__ import annotations
@@ -235,9 +235,10 @@ def clean_run(chain: lab.Lab) -> dict[str, Any]:
 
 CASES = [
     Case("netns-loss-1pct", loss=0.01, assert_ratio=True),
-    Case("netns-loss-30pct", loss=0.30),
-    # Recorded, not asserted: at 30 % loss the ratio is ~1-2, and under a cap it is
-    # bimodal (0 in a quiet run; ~1.5 once one stall makes retransmits fill the cap).
+    # 0.01-0.0125 run after run since the source tells a slow path from a lossy one
+    # (mesh/recovery.py) and a stalled link is revived instead of closed (dead_hold).
+    Case("netns-loss-30pct", loss=0.30, assert_ratio=True),
+    # Recorded, not asserted: the issue asks for loss, not for caps.
     Case("netns-rate-cap", cap_load=0.75),
     # Unscaled by MESH_CHAOS_LONG: five times the backlog would outlast the budget.
     Case("netns-rate-cap-overload", cap_load=1.5, seconds=8.0),

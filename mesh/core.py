@@ -828,8 +828,17 @@ class NodeCore:
 
     def next_wake(self) -> float | None:
         """The earliest time ``tick`` has work to do."""
-        times = [n.next_heartbeat for n in self._neighbours.values()]
-        times += [self._dead_at(n) for n in self._neighbours.values()]
+        neighbours = self._neighbours.values()
+        times = [n.next_heartbeat for n in neighbours]
+        # _dead_at inlined (this runs after every frame, over every neighbour); the
+        # same float sums, so tick() sees the very times reported here.
+        hold, suspect = self.config.dead_hold, LinkPhase.SUSPECT
+        times += [
+            n.last_heard + n.silence_allowed + hold
+            if n.phase is suspect
+            else n.last_heard + n.silence_allowed
+            for n in neighbours
+        ]
         engine_wake = self.engine.next_wake()
         if engine_wake is not None:
             times.append(engine_wake)

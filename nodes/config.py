@@ -223,6 +223,15 @@ class NodeSettings(_Model):
     keepalive_max_ping_strikes: int = Field(default=2, ge=1)
     """Pings too early tolerated before the node ends the connection with GOAWAY
     (ENHANCE_YOUR_CALM, ``too_many_pings``); at least 1, as 0 would mean unlimited."""
+    outbox_max: int = Field(default=100_000, ge=1)
+    """Acknowledged messages and requests this node may have awaiting their ack or
+    reply; one more is refused with RESOURCE_EXHAUSTED (``TooManyPending``). The
+    bound on the outbox, and so on the backlog a slow destination can build up here."""
+    inbox_max: int = Field(default=10_000, ge=2048)
+    """Messages held for this node's applications (the inbox and each Receive or
+    Subscribe queue). Within one batch (1,024) of it, acknowledged messages are left
+    unacked for their sources to retry, and async ones beyond it are dropped and
+    counted; so at least 2,048, or nothing would ever be taken."""
     max_queue_delay_ms: int = Field(default=1000, ge=1)
     """A client send that waited longer than this (in gRPC's queue, in front of a
     saturated node) is refused with RESOURCE_EXHAUSTED when the node gets to it.

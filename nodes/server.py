@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from mesh.actions import Acked, Action, Failed, Replied
 from mesh.client import TIMEOUT_METADATA
 from mesh.codec import ContentType, EncodedBody
-from mesh.core import CoreConfig
+from mesh.core import CoreConfig, DeliveryConfig
 from mesh.crypto import NodeIdentity
 from mesh.envelope import DEFAULT_LIMITS, OpenedMessage
 from mesh.errors import InvalidArgument, LocalError, Malformed, MeshError, Status
@@ -896,6 +896,7 @@ def build_runtime(config: NodeConfig) -> tuple[NodeRuntime, grpc.ServerCredentia
         cost_policy=CostPolicy(rtt_derived=settings.cost_mode == "rtt"),
         limits=DEFAULT_LIMITS,
         trace=settings.trace,
+        delivery=DeliveryConfig(max_pending=settings.outbox_max),
     )
     options = RuntimeOptions(
         neighbours=tuple(
@@ -911,6 +912,7 @@ def build_runtime(config: NodeConfig) -> tuple[NodeRuntime, grpc.ServerCredentia
         services={name: spec.weight for name, spec in config.services.items()},
         handlers={name: spec.handler for name, spec in config.services.items() if spec.handler},
         subjects=tuple(config.subjects),
+        inbox_max=settings.inbox_max,
     )
     store = Store(config.state_dir / "store.db", durability="full")
     if config.tls is None:

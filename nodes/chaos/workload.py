@@ -187,9 +187,11 @@ class AckedSender:
 class Receiver:
     """Records every id delivered to this node's application, with its one-way latency."""
 
-    def __init__(self, client: Client, ledger: Ledger) -> None:
+    def __init__(self, client: Client, ledger: Ledger, rate_per_s: float | None = None) -> None:
         self.client = client
         self.ledger = ledger
+        self.rate_per_s = rate_per_s
+        """Take at most this many messages a second (a slow consumer); None: as they come."""
         self.latency_ms: list[float] = []
         self.arrived: Counter[str] = Counter()
         self._subscription: Subscription | None = None
@@ -201,7 +203,14 @@ class Receiver:
         self._task = asyncio.ensure_future(self._consume(self._subscription))
 
     async def _consume(self, subscription: Subscription) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
         async for message in subscription:
+            if self.rate_per_s is not None:
+                # A slow application: the SDK's buffer, the stream and the node's
+                # queue fill behind it, and back-pressure reaches the sources.
+                next_at = max(next_at + 1.0 / self.rate_per_s, loop.time())
+                await asyncio.sleep(next_at - loop.time())
             try:
                 body: Any = message.json()
                 message_id = str(body["id"])
@@ -252,12 +261,13 @@ class Flow:
         *,
         run: str,
         directory: Path | None = None,
+        receive_rate_per_s: float | None = None,
         **sender_options: Any,
     ) -> None:
         self.sent = Ledger(directory / f"{run}-sent.jsonl" if directory else None)
         self.received = Ledger(directory / f"{run}-received.jsonl" if directory else None)
         self.sender = AckedSender(sender_client, destination, self.sent, run=run, **sender_options)
-        self.receiver = Receiver(receiver_client, self.received)
+        self.receiver = Receiver(receiver_client, self.received, receive_rate_per_s)
         self.settle_s = 0.0
         """Seconds :meth:`settle` waited after the sender drained, for the last arrivals."""
 

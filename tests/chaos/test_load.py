@@ -58,11 +58,34 @@ links:
 """
 
 
+CONSUMER_RATE = 200.0
+"""Messages per second the slow consumer takes: what the chain sustains end to end."""
+OUTBOX_LIMIT = 500
+"""The entry node's outbox bound in the slow-consumer test (outbox_max)."""
+INBOX_LIMIT = 2048
+"""The destination's application queue bound in that test (inbox_max, its least)."""
+
+SLOW_CONSUMER = f"""\
+mesh: slowconsumer
+routing: link-state
+settings: {{outbox_max: {OUTBOX_LIMIT}, inbox_max: {INBOX_LIMIT}}}
+nodes: {{a: {{}}, b: {{}}, c: {{}}}}
+links:
+  - {{a: a, b: b}}
+  - {{a: b, b: c}}
+"""
+
+
 @pytest.fixture(scope="module")
 def meshes(
     mesh_factory: Callable[..., MeshHandle], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[[str], MeshHandle]]:
-    texts = {"chain": CHAIN, "triangle": TRIANGLE, "overload": OVERLOAD}
+    texts = {
+        "chain": CHAIN,
+        "triangle": TRIANGLE,
+        "overload": OVERLOAD,
+        "slow-consumer": SLOW_CONSUMER,
+    }
 
     def make(name: str) -> MeshHandle:
         return mesh_factory(write_topology(tmp_path_factory, name, texts[name]))
@@ -207,4 +230,86 @@ async def test_five_times_the_sustainable_rate(
     # CANCELLED: calls whose deadline passed in this test's own process, which
     # shares the two cores with the three nodes) are recorded, not judged.
     assert overloaded.refused.get("RESOURCE_EXHAUSTED", 0) > 0, dict(overloaded.refused)
+    assert recovered_s is not None, "sends were still refused 30 s after the overload"
+
+
+async def test_five_times_what_a_slow_consumer_sustains(
+    meshes: Callable[[str], MeshHandle], tmp_path: Path
+) -> None:
+    """The other bottleneck: the destination's application takes 200 msgs/s, so the
+    chain sustains 200/s end to end, and 5x that (1,000/s) is well within what this
+    test's process can offer. Back-pressure must travel back to the entry node: the
+    consumer's SDK buffer, its Receive stream and c's queue fill, c leaves
+    acknowledged messages unacked, a's outbox fills to ``outbox_max`` (and its link
+    queue toward b, as retransmissions churn), and a refuses further sends with
+    RESOURCE_EXHAUSTED. Nothing accepted is lost on the way."""
+    handle = meshes("slow-consumer")
+    sender = await client_of(handle, "a")
+    receiver = await client_of(handle, "c")
+    largest_outbox = 0
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal largest_outbox
+        while sampling:
+            largest_outbox = max(largest_outbox, await asyncio.to_thread(outboxes, handle))
+            await asyncio.sleep(0.5)
+
+    sampler = asyncio.ensure_future(sample())
+    try:
+        async with Flow(
+            sender,
+            receiver,
+            "c",
+            run="slow-consumer",
+            directory=tmp_path,
+            receive_rate_per_s=CONSUMER_RATE,
+            max_in_flight=4 * OUTBOX_LIMIT,
+        ) as flow:
+            started = time.monotonic()
+            await flow.sender.run(rate_per_s=5 * CONSUMER_RATE, duration_s=OVERLOAD_S * SCALE)
+            offered_s = time.monotonic() - started
+            overloaded = flow.sender.stats.snapshot()
+            consumed_during = sum(flow.receiver.arrived.values()) / offered_s
+            ended = time.monotonic()
+            recovered_s = None
+            for _ in range(30):
+                window = flow.sender.stats.refused.total()
+                await flow.sender.run(rate_per_s=CONSUMER_RATE / 2, duration_s=1.0)
+                if flow.sender.stats.refused.total() == window:
+                    recovered_s = time.monotonic() - ended
+                    break
+            verdict = await flow.settle(SETTLE_TIMEOUT)
+            entry = stats(handle, "a")
+            destination = stats(handle, "c")
+    finally:
+        sampling = False
+        await sampler
+        await sender.close()
+        await receiver.close()
+    record(
+        "overload-slow-consumer",
+        {
+            **flow.figures(verdict),
+            "consumer_per_s": CONSUMER_RATE,
+            "consumed_per_s_overloaded": round(consumed_during, 1),
+            "offered_per_s": round(overloaded.attempted / offered_s, 1),
+            "accepted_per_s_overloaded": round(overloaded.accepted / offered_s, 1),
+            "refusals": dict(overloaded.refused),
+            "outbox_max": OUTBOX_LIMIT,
+            "largest_outbox": largest_outbox,
+            "deliveries_refused_busy": destination.get("deliveries_refused_busy", 0),
+            "retransmits": entry.get("retransmits", 0),
+            "recovered_s": None if recovered_s is None else round(recovered_s, 3),
+            "target": "RESOURCE_EXHAUSTED at the entry, bounded queues, recovered <= 10 s",
+        },
+    )
+    assert verdict.ok, verdict.summary()
+    assert overloaded.refused.get("RESOURCE_EXHAUSTED", 0) > 0, dict(overloaded.refused)
+    # Refused by the entry node itself (its outbox bound, or its full link queue).
+    assert overloaded.first_refusal["RESOURCE_EXHAUSTED"].startswith("a: "), (
+        overloaded.first_refusal
+    )
+    assert largest_outbox <= OUTBOX_LIMIT
+    assert destination.get("deliveries_refused_busy", 0) > 0  # the back-pressure was real
     assert recovered_s is not None, "sends were still refused 30 s after the overload"

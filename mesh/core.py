@@ -83,7 +83,9 @@ from mesh.routing.table import RoutingTable, ServiceInstance
 from mesh.subjects import check_subject, matches, parse_offer
 from mesh.v1 import envelope_pb2, peer_pb2
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: acks echo which copy they acknowledge (``acked_attempt``), which loss recovery
+relies on; a node of version 1 would look like one whose every copy arrived first."""
 _STALL_REDIAL_S = 2.0
 """A link back within this long of being declared dead had stalled, not died."""
 _GAP_HALF_LIFE_S = 30.0
@@ -103,8 +105,8 @@ class DeliveryConfig:
     """Deadline of acknowledged messages and requests that set none."""
     retry_initial_s: float = 0.2
     """Least retransmission timeout; the RTO follows acked round trips
-    (srtt + max(4 rttvar, this)), doubles per timeout (Karn) and gets up to
-    25% jitter added."""
+    (srtt + max(4 rttvar, this)), doubles per probe of a silent path and gets up
+    to 25% jitter added (see mesh.recovery)."""
     retry_max_s: float = 5.0
     retransmit_rate: float = 2000.0
     """Retransmits per second per recipient, at most (a token bucket)."""
@@ -244,6 +246,13 @@ _LINK_TABLE: Mapping[tuple[LinkPhase, FrameKind], str] = {
     (LinkPhase.UP, FrameKind.HEARTBEAT): "_on_heartbeat",
     (LinkPhase.UP, FrameKind.ACK): "_on_ack",
     (LinkPhase.UP, FrameKind.ERROR): "_on_link_error",
+    # A suspect link's first frame brings it back, unless that frame ends it.
+    (LinkPhase.SUSPECT, FrameKind.ROUTING): "_on_revival",
+    (LinkPhase.SUSPECT, FrameKind.IDENTITY): "_on_revival",
+    (LinkPhase.SUSPECT, FrameKind.BATCH): "_on_revival",
+    (LinkPhase.SUSPECT, FrameKind.HEARTBEAT): "_on_revival",
+    (LinkPhase.SUSPECT, FrameKind.ACK): "_on_revival",
+    (LinkPhase.SUSPECT, FrameKind.ERROR): "_on_link_error",
 }
 
 _SENT_HEARTBEATS_KEPT = 16
@@ -406,22 +415,19 @@ class NodeCore:
     def link_up(self, peer: str, cost: int, now: float) -> list[Action]:
         """A transport to neighbour ``peer`` is open: say hello, await theirs.
 
-        Calling it for a link that is already up changes its configured cost.
+        A new transport replaces a SUSPECT link's (the peer restarted, or dialled
+        again). Calling it for a link that is up only changes its configured cost
+        (as :meth:`set_cost`).
         """
         if peer == self.node_id:
             raise InvalidArgument("a node cannot link to itself")
         existing = self._neighbours.get(peer)
-        actions: list[Action] = []
         if existing is not None and existing.phase is LinkPhase.SUSPECT:
-            del self._neighbours[peer]  # a new transport replaces the silent one
+            del self._neighbours[peer]  # its silent transport is gone
             existing = None
         if existing is not None:
-            existing.cost.configured = cost
-            if not self.config.cost_policy.rtt_derived:
-                existing.cost.cost = cost
-                if existing.phase is LinkPhase.UP:
-                    actions += self._routing_out(self.engine.link_up(peer, cost, now))
-            return self._finish(actions, now)
+            return self.set_cost(peer, cost, now)
+        actions: list[Action] = []
         # A new incarnation of a link starts from what the last one learnt, or it
         # would die of the next stall the same way. The silence that killed it
         # counts only if the link is back at once (it stalled, the peer lived);
@@ -442,6 +448,18 @@ class NodeCore:
             longest_gap=longest_gap,
         )
         actions.append(self._send(peer, self.hello(now, cost)))
+        return self._finish(actions, now)
+
+    def set_cost(self, peer: str, cost: int, now: float) -> list[Action]:
+        """Change the configured cost of the link to ``peer`` (whatever its phase)."""
+        existing = self._neighbours.get(peer)
+        actions: list[Action] = []
+        if existing is not None:
+            existing.cost.configured = cost
+            if not self.config.cost_policy.rtt_derived:
+                existing.cost.cost = cost
+                if existing.phase is LinkPhase.UP:
+                    actions += self._routing_out(self.engine.link_up(peer, cost, now))
         return self._finish(actions, now)
 
     def link_down(self, peer: str, now: float) -> list[Action]:
@@ -495,11 +513,6 @@ class NodeCore:
             return self._finish([], now)
         self._heard(neighbour, now)
         neighbour.frames_received += 1
-        revived: list[Action] = []
-        if neighbour.phase is LinkPhase.SUSPECT:
-            # It only stalled: back into routing, on the transport it never lost.
-            self.stats["links_revived"] += 1
-            revived = self._bring_up(neighbour, now)
         which = frame.WhichOneof("body")
         kind = _FRAME_KINDS.get(which or "")
         handler = None if kind is None else _LINK_TABLE.get((neighbour.phase, kind))
@@ -507,9 +520,9 @@ class NodeCore:
             error = ProtocolViolation(
                 f"{which or 'empty'} frame from {peer!r} while the link is {neighbour.phase.value}"
             )
-            return self._finish(revived + self._close(peer, error, now), now)
+            return self._finish(self._close(peer, error, now), now)
         actions: list[Action] = getattr(self, handler)(neighbour, frame, now)
-        return self._finish(revived + actions, now)
+        return self._finish(actions, now)
 
     def submit(
         self,
@@ -905,6 +918,18 @@ class NodeCore:
         actions += self._routing_out(self.engine.link_up(peer, neighbour.cost.cost, now))
         return actions
 
+    def _on_revival(self, neighbour: _Neighbour, frame: peer_pb2.Frame, now: float) -> list[Action]:
+        """A SUSPECT link is heard again: it only stalled. Back into routing, on the
+        transport it never lost, then the frame is handled as on any link that is up."""
+        self.stats["links_revived"] += 1
+        self.stats["links_up"] += 1
+        actions = self._bring_up(neighbour, now)
+        kind = _FRAME_KINDS[frame.WhichOneof("body") or ""]
+        handled: list[Action] = getattr(self, _LINK_TABLE[(LinkPhase.UP, kind)])(
+            neighbour, frame, now
+        )
+        return actions + handled
+
     def _on_link_error(
         self, neighbour: _Neighbour, frame: peer_pb2.Frame, now: float
     ) -> list[Action]:
@@ -1197,6 +1222,7 @@ class NodeCore:
         for pending in self._pending.values():
             if (
                 not pending.request
+                and pending.transmitted
                 and pending.recipient == recipient
                 and pending.attempt_at < before
                 and not pending.presumed_lost
@@ -1541,6 +1567,7 @@ class NodeCore:
         pending.attempts += 1
         pending.attempt_at = now
         pending.presumed_lost = False
+        pending.transmitted = True
         self._arm(pending, now + self._backoff(pending.attempts, recipient))
         assert pending.envelope is not None
         self.stats["retransmits"] += 1
@@ -1556,6 +1583,7 @@ class NodeCore:
             self._arm(pending, now + self._pace_delay())
             return []
         pending.transmitted = True
+        pending.presumed_lost = False
         pending.attempt_at = pending.first_sent = now
         self.stats["sent_after_hold"] += 1
         self._arm(pending, now + self._backoff(0, pending.recipient))

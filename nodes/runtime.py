@@ -9,6 +9,7 @@ and this runtime behave the same.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -239,7 +240,13 @@ class NodeRuntime:
         RESOURCE_EXHAUSTED) keeps overload from becoming silent loss inside."""
         if self.core.pending_count >= self.core.config.delivery.max_pending:
             return False
-        return all(link.has_space() for link in self.links.values())
+        # A suspect link is out of routing: nothing new goes to it, so its full
+        # queue (it stalled) must not refuse the node's other traffic.
+        return all(
+            link.has_space()
+            for peer, link in self.links.items()
+            if self.core.link_phase(peer) is not LinkPhase.SUSPECT
+        )
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -323,7 +330,13 @@ class NodeRuntime:
         blocked = self.apply(actions)
         for action in blocked:
             link = self.links.get(action.peer)
-            while link is not None and not link.closed.is_set():
+            while (
+                link is not None
+                and not link.closed.is_set()
+                # A stalled (suspect) link may stay full for its whole hold: do not
+                # stop reading this neighbour for that long.
+                and self.core.link_phase(action.peer) is not LinkPhase.SUSPECT
+            ):
                 if link.try_send_data(action.frame):
                     break
                 self.core.keepalive(peer, self.clock())
@@ -437,6 +450,8 @@ class NodeRuntime:
             )
         while not link.closed.is_set():
             data = await read()
+            if self.links.get(peer) is not link:
+                return  # replaced by a newer stream: what is left here is not the core's
             if data is None:
                 link.close(Status.UNAVAILABLE, f"{peer!r} ended the stream")
                 return
@@ -467,9 +482,16 @@ class NodeRuntime:
                 continue
             existing = self.links.get(spec.node)
             if existing is not None:
-                await existing.closed.wait()
-                await asyncio.sleep(self.options.reconnect_min * self.rng.random())
-                continue
+                if await self._stale(spec.node, existing):
+                    # Suspect for half its hold: maybe a connection that died without
+                    # a reset (lost NAT state). Dial afresh; the peer replaces it too.
+                    self.count("links_redialled_suspect")
+                    if self.links.get(spec.node) is existing:
+                        del self.links[spec.node]
+                    existing.close(Status.UNAVAILABLE, "silent too long: dialling again")
+                else:
+                    await asyncio.sleep(self.options.reconnect_min * self.rng.random())
+                    continue
             started = self.clock()
             try:
                 await self._dial_once(spec)
@@ -484,6 +506,26 @@ class NodeRuntime:
                 backoff = self.options.reconnect_min  # it was up for a while: start over
             await asyncio.sleep(backoff * (0.5 + self.rng.random()))
             backoff = min(self.options.reconnect_max, backoff * 2)
+
+    async def _stale(self, peer: str, link: PeerLink) -> bool:
+        """Wait until ``link`` closes (False) or has been SUSPECT for half the core's
+        ``dead_hold`` (True)."""
+        half_hold = self.core.config.dead_hold / 2
+        suspect_since: float | None = None
+        while not link.closed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(link.closed.wait(), 0.25)
+            if (
+                self.core.link_phase(peer) is not LinkPhase.SUSPECT
+                or self.links.get(peer) is not link
+            ):
+                suspect_since = None
+                continue
+            now = self.clock()
+            suspect_since = now if suspect_since is None else suspect_since
+            if half_hold > 0 and now - suspect_since >= half_hold:
+                return True
+        return False
 
     async def _dial_once(self, spec: NeighbourSpec) -> None:
         assert spec.address is not None
@@ -583,6 +625,7 @@ class NodeRuntime:
             # its side gave up): the new stream replaces the old one at once.
             stale = self.links.pop(peer)
             stale.close(Status.UNAVAILABLE, f"replaced by a new stream from {peer!r}")
+            self.count("links_replaced_suspect")
         link = await self.run_link(peer, read, context.write, initiated=False, first=first)
         if link.close_status is not None and link.close_status != Status.UNAVAILABLE:
             await context.abort(grpc_code(link.close_status), link.close_reason)

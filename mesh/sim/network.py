@@ -322,8 +322,8 @@ class CoreNetwork:
         a, b = str(a), str(b)
         self.graph.edges[a, b]["cost"] = cost
         self.link_changed(a, b)
-        self._apply(a, self.cores[a].link_up(b, cost, self.now))
-        self._apply(b, self.cores[b].link_up(a, cost, self.now))
+        self._apply(a, self.cores[a].set_cost(b, cost, self.now))
+        self._apply(b, self.cores[b].set_cost(a, cost, self.now))
 
     def remove_node(self, node: Hashable, *, silently: bool = False) -> None:
         """Crash ``node``: it stops, and its neighbours see their links go down.

@@ -213,6 +213,53 @@ def test_a_partition_heals_and_a_killed_node_returns(healed: lab.Lab) -> None:
         assert table_of(client.routes())["f"] == (4, frozenset({"b"}))
 
 
+def _counter(handle: lab.Lab, nodes: tuple[str, ...], *names: str) -> int:
+    total = 0
+    for node in nodes:
+        with handle.client(node) as client:
+            stats = client.stats()
+        total += sum(stats.get(name, 0) for name in names)
+    return total
+
+
+REPLACED = ("links_replaced_suspect", "links_redialled_suspect")
+
+
+def test_a_node_restarted_behind_a_partition_is_taken_back_without_waiting_out_the_hold(
+    healed: lab.Lab,
+) -> None:
+    # c's neighbours see it go silent (no reset crosses a downed veth) and keep
+    # their links to it SUSPECT for dead_hold (10 s). c restarts meanwhile and
+    # dials them: its new stream replaces the suspect one at once, rather than
+    # being refused ALREADY_EXISTS until the hold runs out.
+    mesh6 = healed
+    neighbours = ("b", "f")
+    before = _counter(mesh6, neighbours, *REPLACED)
+    mesh6.partition(["c"], ["a", "b", "d", "e", "f"])
+    mesh6.wait_converged(timeout=DETECTION_BUDGET)
+    mesh6.kill("c")
+    mesh6.start("c")
+    mesh6.heal_all()
+    mesh6.wait_converged(timeout=DETECTION_BUDGET * 2)
+    assert _counter(mesh6, neighbours, *REPLACED) > before
+    with mesh6.client("a") as client:
+        assert table_of(client.routes())["f"] == (4, frozenset({"b"}))
+
+
+def test_a_link_silent_for_half_its_hold_is_dialled_afresh(healed: lab.Lab) -> None:
+    # Both ends alive, the connection silent (what lost NAT state looks like):
+    # halfway through the hold the dialling end gives up on it and dials again.
+    mesh6 = healed
+    before = _counter(mesh6, ("d", "e"), "links_redialled_suspect")
+    mesh6.cut("d", "e")
+    deadline = time.monotonic() + DETECTION_BUDGET
+    while _counter(mesh6, ("d", "e"), "links_redialled_suspect") == before:
+        assert time.monotonic() < deadline, "no fresh dial within the budget"
+        time.sleep(0.5)
+    mesh6.heal("d", "e")
+    mesh6.wait_converged(timeout=DETECTION_BUDGET * 2)
+
+
 def _stub(handle: lab.Lab, node: str) -> tuple[grpc.Channel, client_pb2_grpc.ClientServiceStub]:
     channel = _channel(target_for(handle.mesh, node))
     return channel, client_pb2_grpc.ClientServiceStub(channel)

@@ -271,6 +271,32 @@ def test_a_dead_link_is_closed_after_the_hold_or_at_once_without_one() -> None:
     assert any(isinstance(a, CloseLink) for a in ours.tick(100.81))
 
 
+def test_a_frame_that_ends_a_suspect_link_does_not_revive_it_first() -> None:
+    error = peer_pb2.Frame(error=peer_pb2.LinkError(status=14, reason="bye"))
+    ours = _linked_pair(100.0)
+    ours.tick(100.81)
+    actions = ours.frame_received("b", error, 101.0)
+    assert [a for a in actions if isinstance(a, SendFrame)] == []  # no identities, no advert
+    assert any(isinstance(a, CloseLink) for a in actions)
+    assert ours.stats["links_revived"] == 0 and ours.stats["links_down"] == 1
+
+    peer = NodeCore(identity("b"), config(), random_bytes=random.Random(2).randbytes)
+    ours = _linked_pair(100.0)
+    ours.tick(100.81)
+    actions = ours.frame_received("b", peer.hello(101.0), 101.0)  # a hello mid-link
+    (close,) = [a for a in actions if isinstance(a, CloseLink)]
+    assert "hello frame from 'b' while the link is suspect" in close.reason
+    assert ours.stats["links_revived"] == 0 and ours.stats["links_down"] == 1
+
+
+def test_a_cost_change_on_a_suspect_link_keeps_it() -> None:
+    ours = _linked_pair(100.0)
+    ours.tick(100.81)
+    actions = ours.set_cost("b", 7, 101.0)
+    assert ours.link_phase("b") is LinkPhase.SUSPECT
+    assert not any(isinstance(a, SendFrame) and a.frame.HasField("hello") for a in actions)
+
+
 def test_a_new_transport_replaces_a_suspect_link() -> None:
     ours = _linked_pair(100.0)
     ours.tick(100.81)

@@ -380,5 +380,5 @@ def test_thirty_percent_loss_on_a_chain_loses_nothing_and_adds_few_retries(seed:
     net.advance(60.0)
     assert delivered_ids(net, "c") == Counter(ids)
     stats = net.cores["a"].stats
-    assert stats["acknowledged_sent"] == len(ids)
-    assert stats["retransmits"] <= 0.2 * len(ids), dict(stats)
+    # The bound is 20 %; what the probes cost here is well under 5 %.
+    assert stats["retransmits"] <= 0.05 * len(ids), dict(stats)

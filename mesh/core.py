@@ -347,6 +347,10 @@ class NodeCore:
         self.stats: Counter[str] = Counter()
         self._neighbours: dict[str, _Neighbour] = {}
         self._ecmp_turn: dict[str, int] = {}
+        self._held: set[bytes] = set()
+        """Acknowledged messages held for want of a route (no copy has left)."""
+        self._held_table: RoutingTable | None = None
+        """The routing table the held messages were last checked against."""
 
     def _make_engine(self) -> RoutingEngine:
         if self.config.engine == peer_pb2.ROUTING_ENGINE_LINK_STATE:
@@ -613,10 +617,25 @@ class NodeCore:
         self._arm(pending, now + self._backoff(0, pending.recipient))
         if not self._reachable(pending.recipient):
             pending.transmitted = False
+            self._held.add(pending.message_id)
+            self._held_table = self.engine.table
             self.stats["held_no_route"] += 1
             return False
         pending.attempt_at = pending.first_sent = now
         return True
+
+    def _route_held(self, now: float) -> None:
+        """The routing table changed (tables are immutable, so identity says so):
+        held messages whose recipient is reachable now go at once, not at their
+        next backed-off timer."""
+        self._held_table = self.engine.table
+        for message_id in list(self._held):
+            pending = self._pending.get(message_id)
+            if pending is None or pending.transmitted:
+                self._held.discard(message_id)
+            elif self._reachable(pending.recipient):
+                self._held.discard(message_id)
+                self._arm(pending, now)
 
     def _reachable(self, recipient: str) -> bool:
         return recipient == self.node_id or bool(self.table.next_hops(recipient))
@@ -1678,6 +1697,8 @@ class NodeCore:
         return actions
 
     def _finish(self, actions: list[Action], now: float) -> list[Action]:
+        if self._held and self.engine.table is not self._held_table:
+            self._route_held(now)
         wake = self.next_wake()
         if wake is not None:
             actions.append(Wake(at=max(wake, now)))

@@ -6,6 +6,7 @@ refusals at the entry node) is asserted; latencies and times are recorded only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,6 +103,36 @@ def outboxes(handle: MeshHandle) -> int:
     return sum(stats(handle, node).get("pending", 0) for node in handle.nodes)
 
 
+class LargestOutbox:
+    """The largest total of the mesh's outboxes, sampled every 0.5 s until :meth:`stop`."""
+
+    def __init__(self, handle: MeshHandle) -> None:
+        self.handle = handle
+        self.largest = 0
+        self._task = asyncio.ensure_future(self._sample())
+
+    async def _sample(self) -> None:
+        while True:
+            self.largest = max(self.largest, await asyncio.to_thread(outboxes, self.handle))
+            await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def recovered_after(flow: Flow, rate_per_s: float, ended: float) -> float | None:
+    """Seconds from ``ended`` (the overload's end) to the first second in which every
+    send at ``rate_per_s`` was accepted; None if that took over 30 s."""
+    for _ in range(30):
+        window = flow.sender.stats.refused.total()
+        await flow.sender.run(rate_per_s=rate_per_s, duration_s=1.0)
+        if flow.sender.stats.refused.total() == window:
+            return time.monotonic() - ended
+    return None
+
+
 async def until_outboxes_empty(handle: MeshHandle, timeout: float) -> float:
     started = time.monotonic()
     while await asyncio.to_thread(outboxes, handle):
@@ -155,16 +186,7 @@ async def test_five_times_the_sustainable_rate(
     handle = meshes("overload")
     sender = await client_of(handle, "a")
     receiver = await client_of(handle, "c")
-    largest_outbox = 0
-    sampling = True
-
-    async def sample() -> None:
-        nonlocal largest_outbox
-        while sampling:
-            largest_outbox = max(largest_outbox, await asyncio.to_thread(outboxes, handle))
-            await asyncio.sleep(0.5)
-
-    sampler = asyncio.ensure_future(sample())
+    outbox = LargestOutbox(handle)
     try:
         # What the chain sustains: closed loop, as many in flight as the limit allows.
         async with Flow(
@@ -188,26 +210,17 @@ async def test_five_times_the_sustainable_rate(
             directory=tmp_path,
             max_in_flight=4 * INFLIGHT_LIMIT,
         ) as flow:
-            largest_outbox = 0  # the overload's, not the sustain probe's
+            outbox.largest = 0  # the overload's, not the sustain probe's
             started = time.monotonic()
             await flow.sender.run(rate_per_s=5 * sustainable, duration_s=OVERLOAD_S * SCALE)
             offered_s = time.monotonic() - started
             overloaded = flow.sender.stats.snapshot()  # before the recovery's sends
             ended = time.monotonic()
-            # Recovery: the first second in which every send at half the sustainable
-            # rate is accepted.
-            recovered_s = None
-            for _ in range(30):
-                window = flow.sender.stats.refused.total()
-                await flow.sender.run(rate_per_s=sustainable / 2, duration_s=1.0)
-                if flow.sender.stats.refused.total() == window:
-                    recovered_s = time.monotonic() - ended
-                    break
+            recovered_s = await recovered_after(flow, sustainable / 2, ended)
             verdict = await flow.settle(SETTLE_TIMEOUT)
             after = memory(handle)
     finally:
-        sampling = False
-        await sampler
+        await outbox.stop()
         await sender.close()
         await receiver.close()
     record(
@@ -219,7 +232,7 @@ async def test_five_times_the_sustainable_rate(
             "accepted_per_s_overloaded": round(overloaded.accepted / offered_s, 1),
             "refusals": dict(overloaded.refused),
             "accept_p99_ms_overloaded": percentile(overloaded.accept_ms, 99),
-            "largest_outbox": largest_outbox,
+            "largest_outbox": outbox.largest,
             "recovered_s": None if recovered_s is None else round(recovered_s, 3),
             "rss_growth_mb": {node: round(after[node] - before[node], 1) for node in after},
             "target": "RESOURCE_EXHAUSTED at the entry, bounded queues, recovered <= 10 s",
@@ -246,16 +259,7 @@ async def test_five_times_what_a_slow_consumer_sustains(
     handle = meshes("slow-consumer")
     sender = await client_of(handle, "a")
     receiver = await client_of(handle, "c")
-    largest_outbox = 0
-    sampling = True
-
-    async def sample() -> None:
-        nonlocal largest_outbox
-        while sampling:
-            largest_outbox = max(largest_outbox, await asyncio.to_thread(outboxes, handle))
-            await asyncio.sleep(0.5)
-
-    sampler = asyncio.ensure_future(sample())
+    outbox = LargestOutbox(handle)
     try:
         async with Flow(
             sender,
@@ -272,19 +276,12 @@ async def test_five_times_what_a_slow_consumer_sustains(
             overloaded = flow.sender.stats.snapshot()
             consumed_during = sum(flow.receiver.arrived.values()) / offered_s
             ended = time.monotonic()
-            recovered_s = None
-            for _ in range(30):
-                window = flow.sender.stats.refused.total()
-                await flow.sender.run(rate_per_s=CONSUMER_RATE / 2, duration_s=1.0)
-                if flow.sender.stats.refused.total() == window:
-                    recovered_s = time.monotonic() - ended
-                    break
+            recovered_s = await recovered_after(flow, CONSUMER_RATE / 2, ended)
             verdict = await flow.settle(SETTLE_TIMEOUT)
             entry = stats(handle, "a")
             destination = stats(handle, "c")
     finally:
-        sampling = False
-        await sampler
+        await outbox.stop()
         await sender.close()
         await receiver.close()
     record(
@@ -297,7 +294,7 @@ async def test_five_times_what_a_slow_consumer_sustains(
             "accepted_per_s_overloaded": round(overloaded.accepted / offered_s, 1),
             "refusals": dict(overloaded.refused),
             "outbox_max": OUTBOX_LIMIT,
-            "largest_outbox": largest_outbox,
+            "largest_outbox": outbox.largest,
             "deliveries_refused_busy": destination.get("deliveries_refused_busy", 0),
             "retransmits": entry.get("retransmits", 0),
             "recovered_s": None if recovered_s is None else round(recovered_s, 3),
@@ -310,6 +307,6 @@ async def test_five_times_what_a_slow_consumer_sustains(
     assert overloaded.first_refusal["RESOURCE_EXHAUSTED"].startswith("a: "), (
         overloaded.first_refusal
     )
-    assert largest_outbox <= OUTBOX_LIMIT
+    assert outbox.largest <= OUTBOX_LIMIT
     assert destination.get("deliveries_refused_busy", 0) > 0  # the back-pressure was real
     assert recovered_s is not None, "sends were still refused 30 s after the overload"

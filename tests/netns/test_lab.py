@@ -222,33 +222,11 @@ def _counter(handle: lab.Lab, nodes: tuple[str, ...], *names: str) -> int:
     return total
 
 
-REPLACED = ("links_replaced_suspect", "links_redialled_suspect")
-
-
-def test_a_node_restarted_behind_a_partition_is_taken_back_without_waiting_out_the_hold(
-    healed: lab.Lab,
-) -> None:
-    # c's neighbours see it go silent (no reset crosses a downed veth) and keep
-    # their links to it SUSPECT for dead_hold (10 s). c restarts meanwhile and
-    # dials them: its new stream replaces the suspect one at once, rather than
-    # being refused ALREADY_EXISTS until the hold runs out.
-    mesh6 = healed
-    neighbours = ("b", "f")
-    before = _counter(mesh6, neighbours, *REPLACED)
-    mesh6.partition(["c"], ["a", "b", "d", "e", "f"])
-    mesh6.wait_converged(timeout=DETECTION_BUDGET)
-    mesh6.kill("c")
-    mesh6.start("c")
-    mesh6.heal_all()
-    mesh6.wait_converged(timeout=DETECTION_BUDGET * 2)
-    assert _counter(mesh6, neighbours, *REPLACED) > before
-    with mesh6.client("a") as client:
-        assert table_of(client.routes())["f"] == (4, frozenset({"b"}))
-
-
 def test_a_link_silent_for_half_its_hold_is_dialled_afresh(healed: lab.Lab) -> None:
     # Both ends alive, the connection silent (what lost NAT state looks like):
     # halfway through the hold the dialling end gives up on it and dials again.
+    # (The accepting end's replacement of a suspect stream is not asserted here:
+    # whether the new stream or the old one's reset reaches it first is a race.)
     mesh6 = healed
     before = _counter(mesh6, ("d", "e"), "links_redialled_suspect")
     mesh6.cut("d", "e")

@@ -345,16 +345,23 @@ def test_copies_lost_with_a_link_are_resent_together_once_the_probe_gets_through
     assert max(a.latency_s for a in net.acked["a"]) < (healed - sent_at) + 3.0
 
 
-def test_a_message_with_no_route_is_held_and_its_first_copy_is_not_a_retransmission() -> None:
-    net = CoreNetwork(nx.path_graph(["a", "b", "c"]), config())
+def _held_behind_a_cut(net: CoreNetwork, count: int) -> list[bytes]:
+    """Cut b - c of the chain a - b - c, then send ``count`` acknowledged messages a -> c
+    and let a second pass: they are held at a, for want of a route."""
     net.run_until_converged()
     net.cut("b", "c")
     net.run_until_converged()
     ids = [
         net.send("a", "c", body(n), mode=ACK, deadline_ms=int((net.now + 60) * 1000))
-        for n in range(10)
+        for n in range(count)
     ]
     net.advance(1.0)
+    return ids
+
+
+def test_a_message_with_no_route_is_held_and_its_first_copy_is_not_a_retransmission() -> None:
+    net = CoreNetwork(nx.path_graph(["a", "b", "c"]), config())
+    ids = _held_behind_a_cut(net, 10)
     stats = net.cores["a"].stats
     assert stats["held_no_route"] == 10 and stats["dropped_no_route"] == 0
     net.heal("b", "c")
@@ -382,3 +389,16 @@ def test_thirty_percent_loss_on_a_chain_loses_nothing_and_adds_few_retries(seed:
     stats = net.cores["a"].stats
     # The issue's bound is 20 %; what the probes cost here is well under 5 %.
     assert stats["retransmits"] <= 0.05 * len(ids), dict(stats)
+
+
+def test_held_messages_leave_as_soon_as_a_route_appears_not_at_their_next_timer() -> None:
+    # An RTO floor of 2 s: a held message's timer is 2-2.5 s away when the route
+    # comes back 1 s in; the table change sends it at once.
+    net = CoreNetwork(nx.path_graph(["a", "b", "c"]), config(retry_initial_s=2.0))
+    ids = _held_behind_a_cut(net, 5)
+    assert delivered_ids(net, "c") == Counter()
+    net.heal("b", "c")
+    net.run_until_converged()
+    net.advance(0.2)
+    assert delivered_ids(net, "c") == Counter(ids)
+    assert net.cores["a"].stats["sent_after_hold"] == 5

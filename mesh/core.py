@@ -816,11 +816,7 @@ class NodeCore:
             # Compare with the same sum next_wake() reports, or float rounding spins.
             if now >= self._dead_at(neighbour):
                 if neighbour.phase is LinkPhase.SUSPECT:
-                    error = LinkRefused(
-                        f"no frame from {neighbour.peer!r} for "
-                        f"{now - neighbour.last_heard:.3f} s; declared dead"
-                    )
-                    actions += self._close(neighbour.peer, error, now, status=Status.UNAVAILABLE)
+                    actions += self._close_silent(neighbour, now)  # its hold is over
                     continue
                 actions += self._declare_dead(neighbour, now)
                 if neighbour.peer not in self._neighbours:
@@ -850,6 +846,10 @@ class NodeCore:
             neighbour.phase = LinkPhase.SUSPECT
             self.stats["links_down"] += 1
             return self._routing_out(self.engine.link_down(neighbour.peer, now))
+        return self._close_silent(neighbour, now)
+
+    def _close_silent(self, neighbour: _Neighbour, now: float) -> list[Action]:
+        silence = now - neighbour.last_heard
         error = LinkRefused(f"no frame from {neighbour.peer!r} for {silence:.3f} s; declared dead")
         return self._close(neighbour.peer, error, now, status=Status.UNAVAILABLE)
 

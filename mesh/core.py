@@ -144,9 +144,7 @@ class _Pending:
     first_sent: float | None = None
     """When the first copy was sent, if this process sent it (not for a resumed one)."""
     presumed_lost: bool = False
-    """A probe sent after it was acked by its own copy: this one never arrived."""
-    transmitted: bool = True
-    """Whether a copy has left this node (one with no route at first is held)."""
+    """A probe sent after this one was acked by its own copy: this one never arrived."""
     next_at: float = 0.0
     tried: set[str] = field(default_factory=set)
     policy: Policy | None = None
@@ -348,7 +346,7 @@ class NodeCore:
         self._neighbours: dict[str, _Neighbour] = {}
         self._ecmp_turn: dict[str, int] = {}
         self._held: set[bytes] = set()
-        """Acknowledged messages held for want of a route (no copy has left)."""
+        """Acknowledged messages held for want of a route: no copy has left yet."""
         self._held_table: RoutingTable | None = None
         """The routing table the held messages were last checked against."""
 
@@ -616,7 +614,6 @@ class NodeCore:
         self.stats["acknowledged_sent"] += 1
         self._arm(pending, now + self._backoff(0, pending.recipient))
         if not self._reachable(pending.recipient):
-            pending.transmitted = False
             self._held.add(pending.message_id)
             self._held_table = self.engine.table
             self.stats["held_no_route"] += 1
@@ -631,11 +628,10 @@ class NodeCore:
         self._held_table = self.engine.table
         for message_id in list(self._held):
             pending = self._pending.get(message_id)
-            if pending is None or pending.transmitted:
+            if pending is None:
                 self._held.discard(message_id)
             elif self._reachable(pending.recipient):
-                self._held.discard(message_id)
-                self._arm(pending, now)
+                self._arm(pending, now)  # held until that timer sends it
 
     def _reachable(self, recipient: str) -> bool:
         return recipient == self.node_id or bool(self.table.next_hops(recipient))
@@ -1241,7 +1237,7 @@ class NodeCore:
         for pending in self._pending.values():
             if (
                 not pending.request
-                and pending.transmitted
+                and pending.message_id not in self._held
                 and pending.recipient == recipient
                 and pending.attempt_at < before
                 and not pending.presumed_lost
@@ -1486,6 +1482,7 @@ class NodeCore:
 
     def _give_up(self, pending: _Pending, now: float, status: Status) -> list[Action]:
         del self._pending[pending.message_id]
+        self._held.discard(pending.message_id)
         self.recovery.forget(pending.recipient, pending.message_id)
         self.stats["failed_deadline" if status == Status.DEADLINE_EXCEEDED else "failed"] += 1
         if pending.request and pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE:
@@ -1539,6 +1536,7 @@ class NodeCore:
         """
         recipient = pending.recipient
         reachable = self._reachable(recipient)
+        held = pending.message_id in self._held
         retarget = (
             not reachable
             and pending.destination_kind == envelope_pb2.DESTINATION_KIND_SERVICE
@@ -1547,19 +1545,22 @@ class NodeCore:
         if not reachable and not retarget:
             self._arm(pending, now + self._backoff(0, recipient))
             return []
-        if reachable and not pending.transmitted:
-            return self._send_held(pending, now)
         verdict = Verdict.RESEND
-        if reachable and not pending.presumed_lost:
+        if reachable and not held and not pending.presumed_lost:
             verdict = self.recovery.judge(recipient, pending.message_id, pending.attempt_at, now)
         if verdict in (Verdict.WAIT, Verdict.DEFER):
             self.stats[f"retransmits_{'waited' if verdict == Verdict.WAIT else 'deferred'}"] += 1
             self._arm(pending, now + self.recovery.rto(recipient))
             return []
-        if reachable and not self._retransmit_token(recipient, now):
+        if reachable and not self._retransmit_token(recipient, now):  # a held backlog too
             self.stats["retransmits_paced"] += 1
             self._arm(pending, now + self._pace_delay())
             return []
+        if held and reachable:  # a route at last: its first copy, not a retransmission
+            self._held.discard(pending.message_id)
+            pending.first_sent = now
+            self.stats["sent_after_hold"] += 1
+            return self._transmit(pending, recipient, now)
         actions: list[Action] = []
         if verdict == Verdict.PROBE:
             self.recovery.probing(recipient, pending.message_id, now)
@@ -1583,33 +1584,22 @@ class NodeCore:
                 deadline_ms=pending.deadline_ms,
             )
             actions.append(self._persist(pending, now))
+            self._held.discard(pending.message_id)
         pending.attempts += 1
+        self.stats["retransmits"] += 1
+        return actions + self._transmit(pending, recipient, now)
+
+    def _transmit(self, pending: _Pending, recipient: str, now: float) -> list[Action]:
+        """Send a copy of ``pending``'s sealed envelope numbered with its attempt (so the
+        ack says which copy arrived), and arm its next timer."""
         pending.attempt_at = now
         pending.presumed_lost = False
-        pending.transmitted = True
         self._arm(pending, now + self._backoff(pending.attempts, recipient))
         assert pending.envelope is not None
-        self.stats["retransmits"] += 1
-        resend = Envelope()
-        resend.CopyFrom(pending.envelope)  # forwarders decrement ttl on their copy
-        resend.attempt = min(pending.attempts, _MAX_ATTEMPT)
-        return actions + self._send_envelope(resend, recipient, now)
-
-    def _send_held(self, pending: _Pending, now: float) -> list[Action]:
-        """A route exists now for a message held since it was accepted: its first copy."""
-        if not self._retransmit_token(pending.recipient, now):  # a backlog is paced too
-            self.stats["retransmits_paced"] += 1
-            self._arm(pending, now + self._pace_delay())
-            return []
-        pending.transmitted = True
-        pending.presumed_lost = False
-        pending.attempt_at = pending.first_sent = now
-        self.stats["sent_after_hold"] += 1
-        self._arm(pending, now + self._backoff(0, pending.recipient))
-        assert pending.envelope is not None
-        resend = Envelope()
-        resend.CopyFrom(pending.envelope)  # the pending copy stays pristine (ttl)
-        return self._send_envelope(resend, pending.recipient, now)
+        copy = Envelope()
+        copy.CopyFrom(pending.envelope)  # forwarders decrement ttl on their copy
+        copy.attempt = min(pending.attempts, _MAX_ATTEMPT)
+        return self._send_envelope(copy, recipient, now)
 
     def _next_hop(self, destination: str, avoid: str | None = None) -> str | None:
         """A next hop to ``destination``; equal-cost next hops are used in turn.

@@ -9,13 +9,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nodes.chaos.probes import rss_mb
 from nodes.chaos.report import record
-from nodes.chaos.workload import Flow, percentile
+from nodes.chaos.workload import Flow, SendStats, percentile
 from nodes.launcher import MeshHandle
 
 from .conftest import SCALE, SETTLE_TIMEOUT, client_of, stats, write_topology
@@ -122,15 +124,48 @@ class LargestOutbox:
             await self._task
 
 
-async def recovered_after(flow: Flow, rate_per_s: float, ended: float) -> float | None:
-    """Seconds from ``ended`` (the overload's end) to the first second in which every
-    send at ``rate_per_s`` was accepted; None if that took over 30 s."""
+@dataclass(frozen=True, slots=True)
+class Overload:
+    """What an overload and the recovery after it measured."""
+
+    sent: SendStats
+    """The sender's counts at the overload's end (before the recovery's sends)."""
+    seconds: float
+    arrived: int
+    """Messages the receiving application got meanwhile."""
+    recovered_s: float | None
+    """From the overload's end to the first second in which every send at the
+    recovery rate was accepted; None if that took over 30 s."""
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "offered_per_s": round(self.sent.attempted / self.seconds, 1),
+            "accepted_per_s_overloaded": round(self.sent.accepted / self.seconds, 1),
+            "arrived_per_s_overloaded": round(self.arrived / self.seconds, 1),
+            "refusals": dict(self.sent.refused),
+            "accept_p99_ms_overloaded": percentile(self.sent.accept_ms, 99),
+            "recovered_s": None if self.recovered_s is None else round(self.recovered_s, 3),
+            "target": "RESOURCE_EXHAUSTED at the entry, bounded queues, recovered <= 10 s",
+        }
+
+
+async def overload(flow: Flow, rate_per_s: float, recovery_rate_per_s: float) -> Overload:
+    """Offer ``rate_per_s`` for OVERLOAD_S, then ``recovery_rate_per_s`` a second at a time
+    until a second passes without a refusal (at most 30)."""
+    started = time.monotonic()
+    arrived = sum(flow.receiver.arrived.values())
+    await flow.sender.run(rate_per_s=rate_per_s, duration_s=OVERLOAD_S * SCALE)
+    ended = time.monotonic()
+    sent = flow.sender.stats.snapshot()
+    arrived = sum(flow.receiver.arrived.values()) - arrived
+    recovered_s = None
     for _ in range(30):
         window = flow.sender.stats.refused.total()
-        await flow.sender.run(rate_per_s=rate_per_s, duration_s=1.0)
+        await flow.sender.run(rate_per_s=recovery_rate_per_s, duration_s=1.0)
         if flow.sender.stats.refused.total() == window:
-            return time.monotonic() - ended
-    return None
+            recovered_s = time.monotonic() - ended
+            break
+    return Overload(sent, ended - started, arrived, recovered_s)
 
 
 async def until_outboxes_empty(handle: MeshHandle, timeout: float) -> float:
@@ -211,12 +246,7 @@ async def test_five_times_the_sustainable_rate(
             max_in_flight=4 * INFLIGHT_LIMIT,
         ) as flow:
             outbox.largest = 0  # the overload's, not the sustain probe's
-            started = time.monotonic()
-            await flow.sender.run(rate_per_s=5 * sustainable, duration_s=OVERLOAD_S * SCALE)
-            offered_s = time.monotonic() - started
-            overloaded = flow.sender.stats.snapshot()  # before the recovery's sends
-            ended = time.monotonic()
-            recovered_s = await recovered_after(flow, sustainable / 2, ended)
+            result = await overload(flow, 5 * sustainable, sustainable / 2)
             verdict = await flow.settle(SETTLE_TIMEOUT)
             after = memory(handle)
     finally:
@@ -227,23 +257,18 @@ async def test_five_times_the_sustainable_rate(
         "overload-5x",
         {
             **flow.figures(verdict),
+            **result.figures(),
             "sustainable_per_s": round(sustainable, 1),
-            "offered_per_s": round(overloaded.attempted / offered_s, 1),
-            "accepted_per_s_overloaded": round(overloaded.accepted / offered_s, 1),
-            "refusals": dict(overloaded.refused),
-            "accept_p99_ms_overloaded": percentile(overloaded.accept_ms, 99),
             "largest_outbox": outbox.largest,
-            "recovered_s": None if recovered_s is None else round(recovered_s, 3),
             "rss_growth_mb": {node: round(after[node] - before[node], 1) for node in after},
-            "target": "RESOURCE_EXHAUSTED at the entry, bounded queues, recovered <= 10 s",
         },
     )
     assert verdict.ok, verdict.summary()
     # The entry node sheds with RESOURCE_EXHAUSTED. Other refusals (DEADLINE_EXCEEDED,
     # CANCELLED: calls whose deadline passed in this test's own process, which
     # shares the two cores with the three nodes) are recorded, not judged.
-    assert overloaded.refused.get("RESOURCE_EXHAUSTED", 0) > 0, dict(overloaded.refused)
-    assert recovered_s is not None, "sends were still refused 30 s after the overload"
+    assert result.sent.refused.get("RESOURCE_EXHAUSTED", 0) > 0, dict(result.sent.refused)
+    assert result.recovered_s is not None, "sends were still refused 30 s after the overload"
 
 
 async def test_five_times_what_a_slow_consumer_sustains(
@@ -270,13 +295,7 @@ async def test_five_times_what_a_slow_consumer_sustains(
             receive_rate_per_s=CONSUMER_RATE,
             max_in_flight=4 * OUTBOX_LIMIT,
         ) as flow:
-            started = time.monotonic()
-            await flow.sender.run(rate_per_s=5 * CONSUMER_RATE, duration_s=OVERLOAD_S * SCALE)
-            offered_s = time.monotonic() - started
-            overloaded = flow.sender.stats.snapshot()
-            consumed_during = sum(flow.receiver.arrived.values()) / offered_s
-            ended = time.monotonic()
-            recovered_s = await recovered_after(flow, CONSUMER_RATE / 2, ended)
+            result = await overload(flow, 5 * CONSUMER_RATE, CONSUMER_RATE / 2)
             verdict = await flow.settle(SETTLE_TIMEOUT)
             entry = stats(handle, "a")
             destination = stats(handle, "c")
@@ -288,25 +307,20 @@ async def test_five_times_what_a_slow_consumer_sustains(
         "overload-slow-consumer",
         {
             **flow.figures(verdict),
+            **result.figures(),
             "consumer_per_s": CONSUMER_RATE,
-            "consumed_per_s_overloaded": round(consumed_during, 1),
-            "offered_per_s": round(overloaded.attempted / offered_s, 1),
-            "accepted_per_s_overloaded": round(overloaded.accepted / offered_s, 1),
-            "refusals": dict(overloaded.refused),
             "outbox_max": OUTBOX_LIMIT,
             "largest_outbox": outbox.largest,
             "deliveries_refused_busy": destination.get("deliveries_refused_busy", 0),
             "retransmits": entry.get("retransmits", 0),
-            "recovered_s": None if recovered_s is None else round(recovered_s, 3),
-            "target": "RESOURCE_EXHAUSTED at the entry, bounded queues, recovered <= 10 s",
         },
     )
     assert verdict.ok, verdict.summary()
-    assert overloaded.refused.get("RESOURCE_EXHAUSTED", 0) > 0, dict(overloaded.refused)
+    assert result.sent.refused.get("RESOURCE_EXHAUSTED", 0) > 0, dict(result.sent.refused)
     # Refused by the entry node itself (its outbox bound, or its full link queue).
-    assert overloaded.first_refusal["RESOURCE_EXHAUSTED"].startswith("a: "), (
-        overloaded.first_refusal
+    assert result.sent.first_refusal["RESOURCE_EXHAUSTED"].startswith("a: "), (
+        result.sent.first_refusal
     )
     assert outbox.largest <= OUTBOX_LIMIT
     assert destination.get("deliveries_refused_busy", 0) > 0  # the back-pressure was real
-    assert recovered_s is not None, "sends were still refused 30 s after the overload"
+    assert result.recovered_s is not None, "sends were still refused 30 s after the overload"

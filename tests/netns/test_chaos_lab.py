@@ -191,13 +191,11 @@ def _measure(handle: lab.Lab, case: Case, rate_mbit: float = 0.0) -> Run:
             "first_sends": first,
             "retransmits": retransmits,
             "retry_ratio": round(retransmits / first, 4) if first else 0.0,
-            **{
-                f"retransmits_{why}": _delta(after["a"], before["a"], f"retransmits_{why}")
-                for why in ("paced", "spurious", "released", "waited", "deferred")
-            },
             "failed_deadline": _delta(after["a"], before["a"], "failed_deadline"),
             "duplicates_at_c": _delta(after["c"], before["c"], "duplicates"),
             "links_down_b": _delta(after["b"], before["b"], "links_down"),
+            # Every counter that moved, per node (the recovery's verdicts at a, drops
+            # at b, duplicates at c...).
             "counters": {
                 node: {
                     key: _delta(after[node], before[node], key)
@@ -205,11 +203,6 @@ def _measure(handle: lab.Lab, case: Case, rate_mbit: float = 0.0) -> Run:
                     if _delta(after[node], before[node], key)
                 }
                 for node in handle.nodes
-            },
-            "dropped_at_b": {
-                key: _delta(after["b"], before["b"], key)
-                for key in after["b"]
-                if key.startswith("dropped_") and _delta(after["b"], before["b"], key)
             },
             "link_bytes": link_bytes,
             "link_bytes_b_to_c": link.bytes_ab,
